@@ -1,0 +1,224 @@
+"""The ``cellseg`` command line.
+
+Heavy libraries are imported inside the commands, so ``cellseg --help`` is instant.
+User errors (:class:`cellseg.errors.CellsegError`) print one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from cellseg import __version__
+from cellseg.errors import CellsegError
+
+
+def _channel(value: str) -> int | str:
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _add_scan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pixel-size", type=float, nargs="+", metavar="UM",
+        help="µm per spatial axis in the file's order, e.g. 2 0.5 0.5 for a ZYX stack "
+        "(default: the file's metadata, else 1 µm)",
+    )
+    p.add_argument(
+        "--channel", type=_channel, metavar="IDX|NAME",
+        help="the nuclear channel of a multichannel scan, by index or name (default 0)",
+    )
+
+
+def _add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tile-size", type=int, nargs="+", default=[512], metavar="N",
+        help="tile core edge in pixels (voxels in 3D), one value or one per axis "
+        "(default 512; a size at least the scan's gives one tile)",
+    )
+    p.add_argument(
+        "--overlap", type=int, metavar="N",
+        help="halo width in pixels of the finest axis (default: automatic, the largest "
+        "expected cell plus the backend's context)",
+    )
+    p.add_argument(
+        "--tiles-per-batch", type=int, default=16, metavar="N",
+        help="tiles per batch file / workflow job (default 16)",
+    )
+
+
+def _add_backend_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    p.add_argument(
+        "--backend", default="classical" if defaults else None,
+        help="segmentation backend (default classical)",
+    )
+    p.add_argument("--model", metavar="NAME|PATH", help="model name or folder for model backends")
+    p.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"],
+        help="where model backends run (default auto: cuda when present)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=4, metavar="N",
+        help="tiles per backend call / forward pass (default 4)",
+    )
+    p.add_argument(
+        "--threads", type=int, metavar="N",
+        help="worker threads for CPU backends (default: all cores)",
+    )
+
+
+def _tile_size(values: list[int]) -> int | tuple[int, ...]:
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``cellseg``."""
+    parser = argparse.ArgumentParser(
+        prog="cellseg",
+        description="Find every cell in large 2D and 3D microscopy scans.",
+    )
+    parser.add_argument("--version", action="version", version=f"cellseg {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("segment", help="run every stage on one scan in this process")
+    p.add_argument("input", type=Path, help="TIFF / OME-TIFF / Zarr / OME-Zarr / .npy scan")
+    p.add_argument("-o", "--outdir", type=Path, required=True, help="output folder")
+    p.add_argument("--name", help="scan name (default: the file name)")
+    p.add_argument("--force", action="store_true", help="redo stages that are up to date")
+    _add_scan_options(p)
+    _add_plan_options(p)
+    _add_backend_options(p)
+
+    p = sub.add_parser("ingest", help="copy a scan into OUTDIR/<name>.ome.zarr, compute stats")
+    p.add_argument("input", type=Path)
+    p.add_argument("-o", "--outdir", type=Path, required=True)
+    p.add_argument("--name")
+    p.add_argument("--force", action="store_true")
+    _add_scan_options(p)
+
+    p = sub.add_parser("plan", help="write the tile plan OUTDIR/work/tiles.json")
+    p.add_argument("outdir", type=Path)
+    _add_plan_options(p)
+    p.add_argument("--backend", default="classical")
+    p.add_argument("--model", metavar="NAME|PATH")
+
+    p = sub.add_parser("segment-tiles", help="segment one batch of tiles")
+    p.add_argument("outdir", type=Path)
+    p.add_argument("--batch", required=True, help="batch name from the plan, e.g. b0000")
+    p.add_argument("--force", action="store_true")
+    _add_backend_options(p, defaults=False)
+
+    p = sub.add_parser("stitch", help="stitch all batches into labels/cells")
+    p.add_argument("outdir", type=Path)
+    p.add_argument("--force", action="store_true")
+
+    p = sub.add_parser("measure", help="write OUTDIR/cells.parquet")
+    p.add_argument("outdir", type=Path)
+    p.add_argument("--labels", default="cells", help="label image name (default cells)")
+    p.add_argument("--force", action="store_true")
+
+    p = sub.add_parser("synth", help="write a synthetic scan and its ground-truth labels")
+    p.add_argument("output", type=Path, help="image path (.ome.tif)")
+    p.add_argument("--labels", type=Path, help="labels path (default <output>_labels.tif)")
+    p.add_argument("--shape", type=int, nargs="+", required=True, metavar="N",
+                   help="Y X or Z Y X")
+    p.add_argument("--pixel-size", type=float, nargs="+", metavar="UM",
+                   help="µm per axis (default 0.5 in-plane, 2 in z)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("evaluate", help="instance matching of a prediction against truth")
+    p.add_argument("gt", type=Path, help="ground-truth label image")
+    p.add_argument("pred", type=Path, help="predicted label image (or a result folder)")
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.75])
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cellseg import pipeline
+
+    show = not args.quiet
+    if args.command == "segment":
+        out = pipeline.segment(
+            args.input, args.outdir, tile_size=_tile_size(args.tile_size), overlap=args.overlap,
+            pixel_size=args.pixel_size, channel=args.channel, backend=args.backend,
+            model=args.model, device=args.device, batch_size=args.batch_size,
+            tiles_per_batch=args.tiles_per_batch, threads=args.threads, name=args.name,
+            show_progress=show, force=args.force,
+        )
+        print(f"{out['n_cells']} cells")
+        print(f"image:  {out['image']}")
+        print(f"labels: {out['labels']}")
+        print(f"table:  {out['table']}")
+    elif args.command == "ingest":
+        info = pipeline.ingest(
+            args.input, args.outdir, name=args.name, pixel_size=args.pixel_size,
+            channel=args.channel, force=args.force,
+        )
+        print(Path(args.outdir) / info["image"])
+    elif args.command == "plan":
+        content = pipeline.plan(
+            args.outdir, tile_size=_tile_size(args.tile_size), overlap=args.overlap,
+            tiles_per_batch=args.tiles_per_batch, backend=args.backend, model=args.model,
+        )
+        print(f"{len(content['tiles'])} tiles in {len(content['batches'])} batches")
+    elif args.command == "segment-tiles":
+        path = pipeline.segment_tiles(
+            args.outdir, args.batch, backend=args.backend, model=args.model, device=args.device,
+            batch_size=args.batch_size, threads=args.threads, force=args.force,
+            show_progress=show,
+        )
+        print(path)
+    elif args.command == "stitch":
+        summary = pipeline.stitch(args.outdir, show_progress=show, force=args.force)
+        print(f"{summary['n_cells']} cells -> {summary['labels']}")
+    elif args.command == "measure":
+        print(pipeline.measure(args.outdir, labels=args.labels, show_progress=show,
+                               force=args.force))
+    elif args.command == "synth":
+        from cellseg.synth import write_synthetic_scan
+
+        labels = args.labels or args.output.with_name(
+            pipeline.scan_name(args.output) + "_labels.tif"
+        )
+        shape = tuple(args.shape)
+        if len(shape) not in (2, 3):
+            raise CellsegError(f"--shape takes 2 (Y X) or 3 (Z Y X) values, got {len(shape)}")
+        kwargs = {"spacing": tuple(args.pixel_size)} if args.pixel_size else {}
+        img, lab = write_synthetic_scan(args.output, labels, shape=shape, seed=args.seed, **kwargs)
+        print(img)
+        print(lab)
+    elif args.command == "evaluate":
+        from cellseg.evaluate import evaluate_paths, format_table
+
+        rows = evaluate_paths(args.gt, args.pred, thresholds=args.thresholds)
+        print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cellseg`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    try:
+        return _run(args)
+    except CellsegError as exc:
+        print(f"cellseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""``cellseg evaluate``: compare a predicted label image with ground truth."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cellseg.errors import InputError
+from cellseg.metrics import match_instances
+
+
+def read_label_image(path: str | Path) -> np.ndarray:
+    """Read a label image from a file, an OME-Zarr scan (its ``labels/cells``) or a result folder."""
+    from cellseg.io import open_labels, read_scan
+
+    path = Path(path)
+    if path.is_dir() and not (path / "labels").exists():
+        images = sorted(path.glob("*.ome.zarr"))
+        if len(images) == 1:
+            path = images[0]
+    if path.is_dir() and (path / "labels" / "cells").exists():
+        return np.asarray(open_labels(path, "cells")[...])
+    scan = read_scan(path)
+    if scan.data.shape[0] != 1:
+        raise InputError(f"{path}: a label image has one channel, this one has {scan.data.shape[0]}")
+    data = np.asarray(scan.data[0].compute())
+    if not np.issubdtype(data.dtype, np.integer):
+        raise InputError(f"{path}: a label image holds integers, this one holds {data.dtype}")
+    return data
+
+
+def evaluate_paths(gt: str | Path, pred: str | Path, thresholds: Sequence[float] = (0.5,)):
+    """Match the labels in ``pred`` against those in ``gt`` at each IoU threshold."""
+    g = read_label_image(gt)
+    p = read_label_image(pred)
+    if g.shape != p.shape:
+        raise InputError(f"{gt} has shape {g.shape} but {pred} has shape {p.shape}")
+    return [match_instances(g, p, t) for t in thresholds]
+
+
+def format_table(rows: list[dict]) -> str:
+    """A readable table of :func:`cellseg.metrics.match_instances` results."""
+    cols = ["threshold", "tp", "fp", "fn", "precision", "recall", "f1", "ap", "mean_matched_iou"]
+    lines = ["  ".join(f"{c:>9}" for c in cols)]
+    for r in rows:
+        lines.append(
+            "  ".join(f"{r[c]:>9.3f}" if isinstance(r[c], float) else f"{r[c]:>9}" for c in cols)
+        )
+    return "\n".join(lines)

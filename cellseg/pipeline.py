@@ -1,0 +1,659 @@
+"""The stages of one scan's run, each a function on an output folder.
+
+``ingest`` → ``plan`` → ``segment_tiles`` (per batch) → ``stitch`` → ``measure``.
+Each stage reads what the previous ones wrote under ``OUTDIR`` (see
+docs/ARCHITECTURE.md), writes its own outputs atomically, and can be rerun:
+a stage whose outputs are already there for the same inputs and options is
+skipped unless ``force`` is given. :func:`segment` runs them all in one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from cellseg import __version__
+from cellseg.errors import ConfigError, InputError
+
+log = logging.getLogger("cellseg")
+
+WORK = "work"
+IMAGE_CHUNK_2D = 512
+IMAGE_CHUNK_3D = (16, 256, 256)
+
+
+# ----------------------------------------------------------------------------- helpers
+def work_dir(outdir: Path) -> Path:
+    """The folder of intermediate files of a run."""
+    return Path(outdir) / WORK
+
+
+def read_json(path: Path, what: str) -> dict:
+    """Read a stage's JSON output, or raise a clear error naming the missing stage."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist; run `cellseg {what}` for this folder first.")
+    with open(path) as f:
+        return json.load(f)
+
+
+def progress(iterable=None, *, total=None, desc: str = "", enabled: bool = True):
+    """A tqdm progress bar: a bar on a terminal, periodic log lines in a batch job."""
+    from tqdm.auto import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        disable=not enabled,
+        mininterval=0.5 if tty else 30.0,
+        dynamic_ncols=True,
+        ascii=not tty,
+    )
+
+
+def fingerprint(obj) -> str:
+    """Short stable hash of a JSON-serialisable object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def image_path(outdir: Path, info: dict) -> Path:
+    """Path of the run's OME-Zarr image."""
+    return Path(outdir) / info["image"]
+
+
+# ----------------------------------------------------------------------------- ingest
+def ingest(
+    input_path: str | Path,
+    outdir: str | Path,
+    *,
+    name: str | None = None,
+    pixel_size: Sequence[float] | None = None,
+    channel: int | str | None = None,
+    force: bool = False,
+) -> dict:
+    """Copy a scan into ``OUTDIR/<name>.ome.zarr`` and compute its statistics.
+
+    Parameters
+    ----------
+    input_path : path
+        TIFF / OME-TIFF / Zarr / OME-Zarr / .npy scan (YX or ZYX, optional channel axis).
+    outdir : path
+        Output folder of the scan.
+    name : str, optional
+        Name of the scan; default the file name without its extensions.
+    pixel_size : sequence of float, optional
+        µm per spatial axis, overriding the file's metadata.
+    channel : int or str, optional
+        Nuclear channel, by index or name (default the first).
+    force : bool
+        Redo even when an ingest of the same file and options exists.
+
+    Returns
+    -------
+    dict
+        The content of ``work/ingest.json``.
+    """
+    from cellseg.io import atomic_write_json, channel_index, read_scan, write_image
+    from cellseg.normalize import compute_scan_stats
+
+    input_path = Path(input_path)
+    outdir = Path(outdir)
+    name = name or scan_name(input_path)
+    try:
+        st = input_path.stat()
+        source = {
+            "path": str(input_path.resolve()),
+            "size": st.st_size if input_path.is_file() else None,
+            "mtime": st.st_mtime if input_path.is_file() else None,
+        }
+    except OSError:
+        source = {"path": str(input_path)}
+    request = {
+        "source": source,
+        "name": name,
+        "pixel_size": list(pixel_size) if pixel_size else None,
+        "channel": channel,
+    }
+    info_path = work_dir(outdir) / "ingest.json"
+    if not force and info_path.exists():
+        old = json.loads(info_path.read_text())
+        if old.get("request") == request and (outdir / old["image"]).exists():
+            log.info("ingest: %s is up to date", info_path)
+            return old
+
+    scan = read_scan(input_path, pixel_size=pixel_size)
+    ch = channel_index(scan, channel)
+    nuclear = scan.data[ch]
+    stats = compute_scan_stats(nuclear, source=str(input_path))
+    spatial = scan.data.shape[1:]
+    if len(spatial) == 2:
+        chunks = tuple(min(IMAGE_CHUNK_2D, n) for n in spatial)
+    else:
+        chunks = tuple(min(c, n) for c, n in zip(IMAGE_CHUNK_3D, spatial))
+    image = f"{name}.ome.zarr"
+    info = {
+        "name": name,
+        "image": image,
+        "shape": [int(n) for n in spatial],
+        "axes": scan.axes,
+        "spacing": [float(s) for s in scan.spacing],
+        "spacing_source": scan.spacing_source,
+        "channel": int(ch),
+        "channel_names": list(scan.channel_names),
+        "dtype": str(scan.data.dtype),
+        "stats": stats,
+        "request": request,
+        "cellseg_version": __version__,
+    }
+    work_dir(outdir).mkdir(parents=True, exist_ok=True)
+    log.info(
+        "ingest: %s (%s %s, %s µm) -> %s",
+        input_path, scan.axes, "×".join(map(str, spatial)), scan.spacing, outdir / image,
+    )
+    write_image(
+        outdir / image,
+        scan.data,
+        axes=scan.axes,
+        spacing=scan.spacing,
+        channel_names=scan.channel_names,
+        chunks=chunks,
+        attrs={k: info[k] for k in ("name", "channel", "stats", "cellseg_version")}
+        | {"source": source["path"]},
+    )
+    atomic_write_json(info_path, info)
+    return info
+
+
+def scan_name(path: Path) -> str:
+    """Scan name from a file name: ``a/b/scan1.ome.tif`` → ``scan1``."""
+    name = Path(path).name
+    for ext in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".npy"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+# ----------------------------------------------------------------------------- plan
+def plan(
+    outdir: str | Path,
+    *,
+    tile_size: int | Sequence[int] = 512,
+    overlap: int | None = None,
+    tiles_per_batch: int = 16,
+    backend: str | None = None,
+    model: str | None = None,
+) -> dict:
+    """Write the tile plan ``work/tiles.json``.
+
+    Parameters
+    ----------
+    outdir : path
+        Output folder of an ingested scan.
+    tile_size : int or sequence of int
+        Core edge per axis in pixels; a size at least the scan's gives one tile.
+    overlap : int, optional
+        Halo width in pixels of the finest axis (coarser axes get the same
+        physical width). Default: the backend's largest cell plus its margin.
+    tiles_per_batch : int
+        Tiles per batch (one segment job of the workflow).
+    backend, model : str, optional
+        Segmentation backend and model (see :func:`cellseg.backends.get_backend`).
+
+    Returns
+    -------
+    dict
+        The plan.
+    """
+    from cellseg.backends import default_halo_px, get_backend
+    from cellseg.io import atomic_write_json
+    from cellseg.tiling import batch_tiles, halo_widths, plan_tiles, tile_shape
+
+    outdir = Path(outdir)
+    info = read_json(work_dir(outdir) / "ingest.json", "ingest")
+    spacing = info["spacing"]
+    be = get_backend(backend, model)
+    margin = [int(m) for m in be.margin_px(spacing)]
+    overlap_px = default_halo_px(be, spacing) if overlap is None else int(overlap)
+    halo = list(halo_widths(overlap_px, spacing))
+    shape = info["shape"]
+    for ax, (h, m, n) in enumerate(zip(halo, margin, shape)):
+        if h <= m and n > tile_shape(shape, tile_size)[ax]:
+            finest = min(spacing)
+            need = math.ceil((m + 1) * spacing[ax] / finest)
+            raise ConfigError(
+                f"overlap {overlap_px} px is too small for the {be.name} backend on "
+                f"{outdir}: it needs more than {m} px of context along axis "
+                f"{info['axes'][ax]}; use --overlap {need} or more (default: automatic)."
+            )
+    tiles = plan_tiles(shape, tile_size, halo)
+    core_shape = list(tile_shape(shape, tile_size))
+    batches = batch_tiles(len(tiles), tiles_per_batch)
+    content = {
+        "shape": shape,
+        "axes": info["axes"],
+        "spacing": spacing,
+        "core_shape": core_shape,
+        "overlap_px": overlap_px,
+        "halo": halo,
+        "margin": margin,
+        "backend": {"name": be.name, "model": model},
+        "stats_fingerprint": fingerprint(info["stats"]),
+        "tiles": [t.to_dict() for t in tiles],
+        "batch_tiles": batches,
+    }
+    content["fingerprint"] = fingerprint(content)
+    content["batches"] = list(batches)
+    path = work_dir(outdir) / "tiles.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("fingerprint") == content["fingerprint"]:
+            return old
+    atomic_write_json(path, content)
+    log.info(
+        "plan: %d tiles of %s px, halo %s px, %d batches", len(tiles), core_shape, halo,
+        len(batches),
+    )
+    return content
+
+
+def load_plan(outdir: Path):
+    """Read ``tiles.json``: the plan dict and its tiles."""
+    from cellseg.tiling import Tile
+
+    content = read_json(work_dir(outdir) / "tiles.json", "plan")
+    return content, [Tile.from_dict(t) for t in content["tiles"]]
+
+
+# ----------------------------------------------------------------------------- segment tiles
+def batch_path(outdir: Path, batch: str) -> Path:
+    """Candidate file of one batch."""
+    return work_dir(outdir) / "tiles" / f"{batch}.npz"
+
+
+def segment_tiles(
+    outdir: str | Path,
+    batch: str,
+    *,
+    backend: str | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    batch_size: int = 4,
+    threads: int | None = None,
+    force: bool = False,
+    show_progress: bool = True,
+    bar=None,
+) -> Path:
+    """Segment the tiles of one batch and write their candidates.
+
+    Parameters
+    ----------
+    outdir : path
+        Output folder with an ingest and a plan.
+    batch : str
+        Batch name from the plan (e.g. ``b0000``).
+    backend, model : str, optional
+        Default: those the plan was made for.
+    device : {"auto", "cpu", "cuda"}
+        Where model backends run.
+    batch_size : int
+        Tiles per backend call (one forward pass for model backends).
+    threads : int, optional
+        Worker threads for backends that run per tile on the CPU (default: CPU count).
+    force : bool
+        Redo even when the batch's file exists for the same plan.
+
+    Returns
+    -------
+    Path
+        ``work/tiles/<batch>.npz``.
+    """
+    from cellseg.backends import get_backend
+    from cellseg.io import open_image
+    from cellseg.normalize import normalize
+    from cellseg.segment import Candidates, tile_candidates
+
+    outdir = Path(outdir)
+    info = read_json(work_dir(outdir) / "ingest.json", "ingest")
+    content, tiles = load_plan(outdir)
+    if batch not in content["batch_tiles"]:
+        raise ConfigError(
+            f"batch {batch!r} is not in the plan of {outdir}; "
+            f"the plan has {', '.join(content['batches'][:5])}..."
+        )
+    out = batch_path(outdir, batch)
+    if not force and out.exists():
+        with np.load(out) as f:
+            if "plan" in f and str(f["plan"]) == content["fingerprint"]:
+                log.info("segment-tiles: %s is up to date", out)
+                if bar is not None:
+                    bar.update(len(content["batch_tiles"][batch]))
+                return out
+    name = backend or content["backend"]["name"]
+    model = model if model is not None else content["backend"]["model"]
+    if name != content["backend"]["name"]:
+        raise ConfigError(
+            f"the plan of {outdir} was made for backend {content['backend']['name']!r}, "
+            f"not {name!r}; rerun `cellseg plan` with --backend {name}."
+        )
+    be = get_backend(name, model)
+    spacing = content["spacing"]
+    stats = info["stats"]
+    image = open_image(image_path(outdir, info)).data[info["channel"]]
+    shape, core_shape = content["shape"], content["core_shape"]
+    todo = [tiles[i] for i in content["batch_tiles"][batch]]
+    own_bar = bar is None
+    if own_bar:
+        bar = progress(total=len(todo), desc=f"segment {batch}", enabled=show_progress)
+
+    def run_group(group):
+        crops = [normalize(np.asarray(image[t.halo_slices]), stats) for t in group]
+        labels = be.predict(crops, spacing, stats)
+        return [
+            tile_candidates(
+                lab, t, shape=shape, core_shape=core_shape, halo=content["halo"],
+                margin=content["margin"],
+            )
+            for lab, t in zip(labels, group)
+        ]
+
+    groups = [todo[i : i + max(1, batch_size)] for i in range(0, len(todo), max(1, batch_size))]
+    per_tile = getattr(be, "per_tile_cpu", True)
+    workers = threads or os.cpu_count() or 1
+    parts = []
+    if per_tile and workers > 1 and len(todo) > 1:
+        singles = [[t] for t in todo]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for res in pool.map(run_group, singles):
+                parts.extend(res)
+                bar.update(1)
+    else:
+        for group in groups:
+            parts.extend(run_group(group))
+            bar.update(len(group))
+    if own_bar:
+        bar.close()
+    cands = Candidates.concat(parts, len(shape))
+    cands.save(out, plan=content["fingerprint"], tiles=np.array([t.index for t in todo]))
+    return out
+
+
+# ----------------------------------------------------------------------------- stitch
+def _load_meta(path: Path):
+    from cellseg.segment import Candidates
+
+    with np.load(path) as f:
+        fields = {k: f[k] for k in Candidates.FIELDS if k != "bits"}
+    return Candidates(bits=np.zeros(0, np.uint8), **fields)
+
+
+def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = False) -> dict:
+    """Resolve candidates of all batches and paint ``labels/cells``.
+
+    Returns
+    -------
+    dict
+        The content of ``work/stitch.json``.
+    """
+    from cellseg.io import atomic_write_json, create_labels, finalize_labels
+    from cellseg.segment import Candidates
+    from cellseg.stitching import MaskSource, members_by_tile, paint_region, resolve_candidates
+
+    outdir = Path(outdir)
+    info = read_json(work_dir(outdir) / "ingest.json", "ingest")
+    content, tiles = load_plan(outdir)
+    summary_path = work_dir(outdir) / "stitch.json"
+    batches = content["batches"]
+    missing = [b for b in batches if not batch_path(outdir, b).exists()]
+    if missing:
+        raise InputError(
+            f"{outdir}: {len(missing)} tile batches are not segmented yet "
+            f"({', '.join(missing[:5])}); run `cellseg segment-tiles` for them first."
+        )
+    batch_fps = {}
+    for b in batches:
+        with np.load(batch_path(outdir, b)) as f:
+            fp = str(f["plan"]) if "plan" in f else ""
+        if fp != content["fingerprint"]:
+            raise InputError(
+                f"{batch_path(outdir, b)} was made for another tile plan; "
+                f"rerun `cellseg segment-tiles {outdir} --batch {b}`."
+            )
+        batch_fps[b] = fp
+    request = {"plan": content["fingerprint"], "batches": batches}
+    if not force and summary_path.exists():
+        old = json.loads(summary_path.read_text())
+        if old.get("request") == request and (image_path(outdir, info) / "labels" / "cells").exists():
+            log.info("stitch: %s is up to date", summary_path)
+            return old
+
+    t0 = time.perf_counter()
+    metas = [_load_meta(batch_path(outdir, b)) for b in batches]
+    nd = len(content["shape"])
+    meta = Candidates.concat(metas, nd)
+    part_of = np.concatenate([np.full(len(m), k) for k, m in enumerate(metas)] or [[]]).astype(int)
+    local_of = np.concatenate([np.arange(len(m)) for m in metas] or [[]]).astype(int)
+    source = MaskSource(
+        meta,
+        loader=lambda k: Candidates.load(batch_path(outdir, batches[k])),
+        part_of=part_of,
+        local_of=local_of,
+    )
+    core_shape = content["core_shape"]
+    result = resolve_candidates(source, tiles, core_shape, margin=content["margin"])
+    members = members_by_tile(meta, tiles, core_shape, result)
+    img = image_path(outdir, info)
+    labels = create_labels(img, "cells", tuple(content["shape"]), tuple(core_shape))
+    for t in progress(tiles, desc="stitch", enabled=show_progress):
+        region = paint_region(source, result, t.core, members.get(t.index, []))
+        if region.any():
+            labels[t.core_slices] = region
+    attrs = {
+        "n_cells": result.n_cells,
+        "plan": content["fingerprint"],
+        "backend": content["backend"],
+        "cellseg_version": __version__,
+    }
+    finalize_labels(img, "cells", attrs=attrs)
+    summary = {
+        "n_cells": result.n_cells,
+        "n_candidates": len(meta),
+        "n_duplicates": result.n_duplicates,
+        "n_merged_pieces": result.n_merged_pieces,
+        "tile_counts": result.tile_counts.tolist(),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "labels": str(img / "labels" / "cells"),
+        "request": request,
+    }
+    atomic_write_json(summary_path, summary)
+    log.info("stitch: %d cells -> %s", result.n_cells, img / "labels" / "cells")
+    return summary
+
+
+# ----------------------------------------------------------------------------- measure
+def measure(
+    outdir: str | Path,
+    *,
+    labels: str = "cells",
+    show_progress: bool = True,
+    force: bool = False,
+) -> Path:
+    """Write ``OUTDIR/cells.parquet`` from the label image and the scan.
+
+    Returns
+    -------
+    Path
+        The table's path.
+    """
+    from cellseg.io import open_image, open_labels
+    from cellseg.measure import measure_cells, write_table
+
+    outdir = Path(outdir)
+    info = read_json(work_dir(outdir) / "ingest.json", "ingest")
+    stitch_info = read_json(work_dir(outdir) / "stitch.json", "stitch")
+    out = outdir / "cells.parquet"
+    request = {"stitch": fingerprint(stitch_info), "labels": labels}
+    if not force and out.exists():
+        import pyarrow.parquet as pq
+
+        meta = pq.read_schema(out).metadata or {}
+        if meta.get(b"cellseg.request") == json.dumps(request, sort_keys=True).encode():
+            log.info("measure: %s is up to date", out)
+            return out
+    img = image_path(outdir, info)
+    label_image = open_labels(img, labels)
+    intensity = open_image(img).data[info["channel"]]
+    table = measure_cells(
+        label_image,
+        intensity,
+        spacing=info["spacing"],
+        axes=info["axes"],
+        chunks=label_image.chunks,
+        show_progress=show_progress,
+    )
+    write_table(
+        table,
+        out,
+        metadata={
+            "cellseg.request": json.dumps(request, sort_keys=True),
+            "cellseg.scan": info["name"],
+            "cellseg.source": info["request"]["source"]["path"],
+            "cellseg.labels": labels,
+            "cellseg.spacing_um": json.dumps(info["spacing"]),
+            "cellseg.axes": info["axes"],
+            "cellseg.version": __version__,
+        },
+    )
+    log.info("measure: %d cells -> %s", len(table), out)
+    return out
+
+
+# ----------------------------------------------------------------------------- all in one
+def segment(
+    input_path: str | Path,
+    outdir: str | Path,
+    *,
+    tile_size: int | Sequence[int] = 512,
+    overlap: int | None = None,
+    pixel_size: Sequence[float] | None = None,
+    channel: int | str | None = None,
+    backend: str | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    batch_size: int = 4,
+    tiles_per_batch: int = 16,
+    threads: int | None = None,
+    name: str | None = None,
+    show_progress: bool = True,
+    force: bool = False,
+) -> dict:
+    """Run every stage for one scan in this process.
+
+    Writes ``OUTDIR/<name>.ome.zarr`` (image and ``labels/cells``) and
+    ``OUTDIR/cells.parquet``. Stages already done for the same inputs are
+    skipped, so a killed run resumes where it stopped.
+
+    Returns
+    -------
+    dict
+        Paths of the outputs and the number of cells.
+    """
+    outdir = Path(outdir)
+    info = ingest(input_path, outdir, name=name, pixel_size=pixel_size, channel=channel, force=force)
+    content = plan(
+        outdir, tile_size=tile_size, overlap=overlap, tiles_per_batch=tiles_per_batch,
+        backend=backend, model=model,
+    )
+    bar = progress(total=len(content["tiles"]), desc="segment", enabled=show_progress)
+    for b in content["batches"]:
+        segment_tiles(
+            outdir, b, device=device, batch_size=batch_size, threads=threads, force=force,
+            show_progress=show_progress, bar=bar,
+        )
+    bar.close()
+    summary = stitch(outdir, show_progress=show_progress, force=force)
+    table = measure(outdir, show_progress=show_progress, force=force)
+    return {
+        "image": str(image_path(outdir, info)),
+        "labels": summary["labels"],
+        "table": str(table),
+        "n_cells": summary["n_cells"],
+    }
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder if it exists."""
+    if Path(path).exists():
+        shutil.rmtree(path)
+
+
+# ----------------------------------------------------------------------------- in memory
+def segment_array(
+    image: np.ndarray,
+    *,
+    spacing: Sequence[float] | None = None,
+    tile_size: int | Sequence[int] = 512,
+    overlap: int | None = None,
+    backend=None,
+    stats: dict | None = None,
+) -> np.ndarray:
+    """Tile, segment and stitch an in-memory image; the same code path as the stages.
+
+    Parameters
+    ----------
+    image : ndarray, (Y, X) or (Z, Y, X)
+        One channel.
+    spacing : sequence of float, optional
+        µm per axis (default 1).
+    tile_size, overlap
+        As for :func:`plan`.
+    backend : Backend or str, optional
+        Default the classical backend.
+    stats : dict, optional
+        Scan statistics (default computed from ``image``).
+
+    Returns
+    -------
+    ndarray of uint32
+        Label image.
+    """
+    from cellseg.backends import default_halo_px, get_backend
+    from cellseg.normalize import compute_scan_stats, normalize
+    from cellseg.segment import Candidates, tile_candidates
+    from cellseg.stitching import MaskSource, members_by_tile, paint_region, resolve_candidates
+    from cellseg.tiling import halo_widths, plan_tiles, tile_shape
+
+    spacing = tuple(spacing or (1.0,) * image.ndim)
+    be = backend if backend is not None and not isinstance(backend, str) else get_backend(backend)
+    stats = stats or compute_scan_stats(image)
+    margin = be.margin_px(spacing)
+    halo = halo_widths(default_halo_px(be, spacing) if overlap is None else overlap, spacing)
+    tiles = plan_tiles(image.shape, tile_size, halo)
+    core_shape = tile_shape(image.shape, tile_size)
+    parts = []
+    for t in tiles:
+        lab = be.predict([normalize(image[t.halo_slices], stats)], spacing, stats)[0]
+        parts.append(
+            tile_candidates(
+                lab, t, shape=image.shape, core_shape=core_shape, halo=halo, margin=margin
+            )
+        )
+    source = MaskSource(Candidates.concat(parts, image.ndim))
+    result = resolve_candidates(source, tiles, core_shape, margin=margin)
+    members = members_by_tile(source.meta, tiles, core_shape, result)
+    out = np.zeros(image.shape, np.uint32)
+    for t in tiles:
+        out[t.core_slices] = paint_region(source, result, t.core, members.get(t.index, []))
+    return out

@@ -1,0 +1,361 @@
+"""Stitch per-tile candidates into one label image with one global id per cell.
+
+The global step only reads candidate metadata (boxes, anchors, kinds) and the
+mask crops of candidates near each other; it never holds the scan's pixels.
+Labels are painted tile core by tile core: cores equal the label chunks, so
+every write is a whole, disjoint set of chunks.
+
+Rules, in order:
+
+1. ``OWNED`` candidates (complete and anchored in their tile's core) are cells.
+   If two of them from different tiles overlap at IoU >= ``duplicate_iou``
+   (backends that are not exactly tile-invariant), the one with the lower
+   score, then from the later tile, is dropped.
+2. A ``PIECE`` (the part of an object inside its tile's core) whose whole
+   object mostly lies in a kept cell is a view of that cell and is dropped.
+3. Pieces from different tiles are joined when one tile's object covers most
+   of the other piece where the two tiles overlap: one cell, however many
+   tiles it spans.
+4. Ids: each cell belongs to one tile (its own, or for joined pieces the tile
+   of the first piece); ids are a prefix sum over the tiles' cell counts,
+   ordered within a tile by anchor, so they are deterministic.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cellseg.segment import OWNED, PIECE, Candidates, reliable_box
+from cellseg.tiling import Box, Tile, box_intersection
+
+
+@dataclass
+class StitchResult:
+    """Outcome of :func:`resolve_candidates`.
+
+    Attributes
+    ----------
+    cell_of : ndarray of int64, (n,)
+        Global cell id of each candidate (0 = dropped).
+    n_cells : int
+        Number of cells (ids are 1..n_cells).
+    tile_counts : ndarray of int64
+        Cells per tile (the prefix sum of which gives the id offsets).
+    n_duplicates : int
+        Owned candidates dropped as duplicates.
+    n_merged_pieces : int
+        Pieces joined into multi-tile cells.
+    """
+
+    cell_of: np.ndarray
+    n_cells: int
+    tile_counts: np.ndarray
+    n_duplicates: int
+    n_merged_pieces: int
+
+
+class MaskSource:
+    """Candidate metadata plus on-demand access to mask crops.
+
+    Parameters
+    ----------
+    meta : Candidates
+        All candidates of a scan; ``bits`` may be empty when ``loader`` is given.
+    loader : callable, optional
+        ``loader(part) -> Candidates`` loading one stored part (e.g. a batch file)
+        with its masks; ``part_of[i]`` and ``local_of[i]`` locate candidate ``i``.
+    part_of, local_of : ndarray, optional
+        Part and index within the part for every candidate.
+    cache_size : int
+        Number of parts held in memory.
+    """
+
+    def __init__(
+        self,
+        meta: Candidates,
+        loader: Callable[[int], Candidates] | None = None,
+        part_of: np.ndarray | None = None,
+        local_of: np.ndarray | None = None,
+        cache_size: int = 12,
+    ) -> None:
+        self.meta = meta
+        self.loader = loader
+        self.part_of = part_of
+        self.local_of = local_of
+        self.cache_size = cache_size
+        self._cache: OrderedDict[int, Candidates] = OrderedDict()
+
+    def mask(self, i: int) -> np.ndarray:
+        """Mask crop of candidate ``i``."""
+        if self.loader is None:
+            return self.meta.mask(i)
+        part = int(self.part_of[i])
+        if part not in self._cache:
+            self._cache[part] = self.loader(part)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(part)
+        return self._cache[part].mask(int(self.local_of[i]))
+
+
+def _crop(mask: np.ndarray, box: Box, region: Box) -> np.ndarray:
+    """Part of ``mask`` (over ``box``) inside ``region`` (which must lie within ``box``)."""
+    return mask[tuple(slice(r0 - b0, r1 - b0) for (b0, _), (r0, r1) in zip(box, region))]
+
+
+def _overlap(m1: np.ndarray, b1: Box, m2: np.ndarray, b2: Box, within: Box | None = None) -> int:
+    """Pixels set in both masks (optionally only inside ``within``)."""
+    region = box_intersection(b1, b2)
+    if region is not None and within is not None:
+        region = box_intersection(region, within)
+    if region is None:
+        return 0
+    return int(np.count_nonzero(_crop(m1, b1, region) & _crop(m2, b2, region)))
+
+
+def _count_in(mask: np.ndarray, box: Box, region: Box) -> int:
+    inter = box_intersection(box, region)
+    if inter is None:
+        return 0
+    return int(np.count_nonzero(_crop(mask, box, inter)))
+
+
+def bucket_boxes(cands: Candidates, cell: Sequence[int]) -> dict[tuple, list[int]]:
+    """Index candidates by the grid cells (of shape ``cell``) their boxes touch."""
+    nd = cands.ndim
+    lo = cands.bbox[:, :nd] // np.asarray(cell)
+    hi = (cands.bbox[:, nd:] - 1) // np.asarray(cell)
+    buckets: dict[tuple, list[int]] = defaultdict(list)
+    for i in range(len(cands)):
+        for key in itertools.product(*(range(a, b + 1) for a, b in zip(lo[i], hi[i]))):
+            buckets[key].append(i)
+    return buckets
+
+
+def candidate_pairs(cands: Candidates, cell: Sequence[int], select: np.ndarray) -> set:
+    """Pairs (i < j) of selected candidates from different tiles whose boxes intersect."""
+    sub = np.flatnonzero(select)
+    pairs = set()
+    if sub.size < 2:
+        return pairs
+    nd = cands.ndim
+    buckets = bucket_boxes(
+        Candidates(
+            tile=cands.tile[sub], kind=cands.kind[sub], bbox=cands.bbox[sub],
+            anchor=cands.anchor[sub], area=cands.area[sub], score=cands.score[sub],
+            offsets=np.zeros(sub.size + 1, np.int64), bits=np.zeros(0, np.uint8),
+        ),
+        cell,
+    )
+    for members in buckets.values():
+        for a, b in itertools.combinations(members, 2):
+            i, j = int(sub[a]), int(sub[b])
+            if cands.tile[i] == cands.tile[j]:
+                continue
+            if np.all(cands.bbox[i, :nd] < cands.bbox[j, nd:]) and np.all(
+                cands.bbox[j, :nd] < cands.bbox[i, nd:]
+            ):
+                pairs.add((min(i, j), max(i, j)))
+    return pairs
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def resolve_candidates(
+    source: MaskSource,
+    tiles: Sequence[Tile],
+    core_shape: Sequence[int],
+    *,
+    duplicate_iou: float = 0.5,
+    view_fraction: float = 0.5,
+    join_fraction: float = 0.5,
+    min_piece_pixels: int = 4,
+    margin: Sequence[int] | None = None,
+) -> StitchResult:
+    """Decide which candidates are cells and give every cell a global id.
+
+    Parameters
+    ----------
+    source : MaskSource
+        Candidates of every tile.
+    tiles : sequence of Tile
+        The tile plan (indexed by ``Tile.index``).
+    core_shape : sequence of int
+        Core shape of the plan.
+    duplicate_iou : float
+        IoU at which two owned candidates of different tiles are one cell.
+    view_fraction : float
+        A piece whose whole object lies at least this much in a kept cell is dropped.
+    join_fraction : float
+        Two pieces are joined when one tile's object covers at least this
+        fraction of the other piece inside the first tile's halo box.
+    min_piece_pixels : int
+        Joined pieces with fewer pixels in all are dropped.
+    margin : sequence of int, optional
+        The backend's margin per axis: a tile's view of a neighbour's core is
+        only trusted farther than this from the tile's own crop edge.
+
+    Returns
+    -------
+    StitchResult
+    """
+    c = source.meta
+    n = len(c)
+    alive = np.ones(n, bool)
+    owned = c.kind == OWNED
+    piece = c.kind == PIECE
+    boxes = [c.box(i) for i in range(n)]
+    n_dup = 0
+
+    # 1. duplicates among owned candidates (never happens for tile-invariant backends)
+    for i, j in sorted(candidate_pairs(c, core_shape, owned)):
+        if not (alive[i] and alive[j]):
+            continue
+        inter = _overlap(source.mask(i), boxes[i], source.mask(j), boxes[j])
+        if inter == 0:
+            continue
+        iou = inter / (c.area[i] + c.area[j] - inter)
+        if iou >= duplicate_iou:
+            key_i = (-float(c.score[i]), int(c.tile[i]))
+            key_j = (-float(c.score[j]), int(c.tile[j]))
+            alive[j if key_i <= key_j else i] = False
+            n_dup += 1
+
+    # 2. pieces that are views of a kept cell
+    cores = {t.index: t.core for t in tiles}
+    shape = tuple(max(t.core[a][1] for t in tiles) for a in range(c.ndim))
+    margin = tuple(margin) if margin is not None else (0,) * c.ndim
+    trusted = {t.index: reliable_box(t.halo, margin, shape) for t in tiles}
+    kept_owned = owned & alive
+    for i, j in sorted(candidate_pairs(c, core_shape, kept_owned | piece)):
+        pi, oj = (i, j) if piece[i] else (j, i)
+        if not (piece[pi] and kept_owned[oj]) or not alive[pi]:
+            continue
+        inter = _overlap(source.mask(pi), boxes[pi], source.mask(oj), boxes[oj])
+        if inter >= view_fraction * c.area[pi]:
+            alive[pi] = False
+
+    # 3. join pieces across tiles
+    pieces = np.flatnonzero(piece & alive)
+    index_of = {int(p): k for k, p in enumerate(pieces)}
+    uf = _UnionFind(len(pieces))
+    sizes = np.zeros(len(pieces), np.int64)
+    for k, p in enumerate(pieces):
+        sizes[k] = _count_in(source.mask(p), boxes[p], cores[int(c.tile[p])])
+    for i, j in sorted(candidate_pairs(c, core_shape, piece & alive)):
+        mi, mj = source.mask(i), source.mask(j)
+        ti, tj = int(c.tile[i]), int(c.tile[j])
+        joined = False
+        for (a, ma, ta), (b, mb, tb) in (((i, mi, ti), (j, mj, tj)), ((j, mj, tj), (i, mi, ti))):
+            # does a's object cover b's piece where a's tile can see it?
+            region = box_intersection(cores[tb], trusted[ta])
+            if region is None:
+                continue
+            visible = _count_in(mb, boxes[b], region)
+            if visible == 0:
+                continue
+            covered = _overlap(ma, boxes[a], mb, boxes[b], within=region)
+            if covered >= join_fraction * visible:
+                joined = True
+                break
+        if joined:
+            uf.union(index_of[i], index_of[j])
+    groups: dict[int, list[int]] = defaultdict(list)
+    for k, p in enumerate(pieces):
+        groups[uf.find(k)].append(int(p))
+    n_merged = sum(len(g) for g in groups.values() if len(g) > 1)
+
+    # 4. ids: prefix sum over per-tile counts, anchor order within a tile
+    entries = []  # (home tile, anchor, members)
+    for i in np.flatnonzero(kept_owned):
+        entries.append((int(c.tile[i]), tuple(int(v) for v in c.anchor[i]), [int(i)]))
+    for members in groups.values():
+        if sum(sizes[index_of[m]] for m in members) < min_piece_pixels:
+            continue
+        first = min(members, key=lambda m: (int(c.tile[m]), tuple(c.anchor[m])))
+        entries.append((int(c.tile[first]), tuple(int(v) for v in c.anchor[first]), members))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    n_tiles = max((t.index for t in tiles), default=-1) + 1
+    tile_counts = np.bincount([e[0] for e in entries], minlength=n_tiles).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(tile_counts)])
+    cell_of = np.zeros(n, np.int64)
+    seen = defaultdict(int)
+    for home, _, members in entries:
+        cell_id = offsets[home] + seen[home] + 1
+        seen[home] += 1
+        cell_of[members] = cell_id
+    return StitchResult(
+        cell_of=cell_of,
+        n_cells=int(offsets[-1]),
+        tile_counts=tile_counts,
+        n_duplicates=n_dup,
+        n_merged_pieces=int(n_merged),
+    )
+
+
+def paint_region(
+    source: MaskSource,
+    result: StitchResult,
+    region: Box,
+    members: Sequence[int],
+    dtype=np.uint32,
+) -> np.ndarray:
+    """Paint the cells of ``members`` (candidate indices) into ``region``.
+
+    Pieces paint only inside their own tile's core; whole cells paint where they
+    lie. Pieces are painted first and whole cells over them, whole cells in
+    descending id so that where two overlap the lower id wins: the result does
+    not depend on the order of ``members``.
+    """
+    c = source.meta
+    out = np.zeros(tuple(b - a for a, b in region), dtype)
+    chosen = [int(i) for i in members if result.cell_of[i] > 0]
+    chosen.sort(key=lambda i: (c.kind[i] != PIECE, -int(result.cell_of[i]), i))
+    for i in chosen:
+        box = c.box(i)
+        inter = box_intersection(box, region)
+        if inter is None:
+            continue
+        m = _crop(source.mask(i), box, inter)
+        dst = tuple(slice(a - r0, b - r0) for (a, b), (r0, _) in zip(inter, region))
+        out[dst][m] = result.cell_of[i]
+    return out
+
+
+def members_by_tile(
+    cands: Candidates, tiles: Sequence[Tile], core_shape: Sequence[int], result: StitchResult
+) -> dict[int, list[int]]:
+    """For every tile, the kept candidates that may paint inside its core."""
+    nd = cands.ndim
+    grid_of = {t.grid: t.index for t in tiles}
+    out: dict[int, list[int]] = defaultdict(list)
+    cs = np.asarray(core_shape)
+    for i in np.flatnonzero(result.cell_of > 0):
+        if cands.kind[i] == PIECE:
+            out[int(cands.tile[i])].append(int(i))
+            continue
+        lo = cands.bbox[i, :nd] // cs
+        hi = (cands.bbox[i, nd:] - 1) // cs
+        for g in itertools.product(*(range(a, b + 1) for a, b in zip(lo, hi))):
+            if g in grid_of:
+                out[grid_of[g]].append(int(i))
+    return out

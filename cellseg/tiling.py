@@ -1,0 +1,203 @@
+"""Tile geometry: a grid of core boxes, each grown by a halo.
+
+The cores partition the scan and are aligned to the label image's chunks (the
+chunk shape *is* the core shape), so each tile paints its own chunks and
+writes never overlap. The halo gives each tile the context it needs so that a
+cell whose anchor lies in the core is seen whole.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cellseg.errors import ConfigError
+
+Box = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a plan.
+
+    Attributes
+    ----------
+    index : int
+        Position of the tile in the plan (raster order of the grid).
+    grid : tuple of int
+        Grid coordinates of the tile, one per spatial axis.
+    core : tuple of (start, stop)
+        The part of the scan this tile owns; cores partition the scan.
+    halo : tuple of (start, stop)
+        The core grown by the overlap on every side, clipped to the scan.
+    """
+
+    index: int
+    grid: tuple[int, ...]
+    core: Box
+    halo: Box
+
+    def to_dict(self) -> dict:
+        """Return a JSON-serialisable dict."""
+        return {
+            "index": self.index,
+            "grid": list(self.grid),
+            "core": [list(b) for b in self.core],
+            "halo": [list(b) for b in self.halo],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Tile:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            index=int(d["index"]),
+            grid=tuple(int(g) for g in d["grid"]),
+            core=tuple((int(a), int(b)) for a, b in d["core"]),
+            halo=tuple((int(a), int(b)) for a, b in d["halo"]),
+        )
+
+    @property
+    def core_slices(self) -> tuple[slice, ...]:
+        """Slices of the core in scan coordinates."""
+        return tuple(slice(a, b) for a, b in self.core)
+
+    @property
+    def halo_slices(self) -> tuple[slice, ...]:
+        """Slices of the halo box in scan coordinates."""
+        return tuple(slice(a, b) for a, b in self.halo)
+
+
+def per_axis(value: int | float | Sequence, ndim: int, name: str) -> tuple:
+    """Broadcast a scalar or a sequence to one value per spatial axis.
+
+    Raises
+    ------
+    ConfigError
+        If a sequence has the wrong length.
+    """
+    if isinstance(value, (int, float)):
+        return (value,) * ndim
+    value = tuple(value)
+    if len(value) == 1:
+        return value * ndim
+    if len(value) != ndim:
+        raise ConfigError(
+            f"{name} has {len(value)} values but the scan has {ndim} spatial axes; "
+            f"give one value or {ndim}."
+        )
+    return value
+
+
+def tile_shape(shape: Sequence[int], tile_size: int | Sequence[int]) -> tuple[int, ...]:
+    """Core shape of the tiles (also the label chunk shape): tile size clipped to the scan.
+
+    Examples
+    --------
+    >>> tile_shape((48, 512, 512), 128)
+    (48, 128, 128)
+    """
+    sizes = per_axis(tile_size, len(shape), "tile size")
+    if any(int(s) < 1 for s in sizes):
+        raise ConfigError(f"tile size must be a positive number of pixels, got {tile_size}.")
+    return tuple(min(int(s), int(n)) for s, n in zip(sizes, shape))
+
+
+def halo_widths(
+    overlap_px: int | Sequence[int] | float,
+    spacing: Sequence[float],
+) -> tuple[int, ...]:
+    """Halo width per axis for an overlap given in pixels of the finest axis.
+
+    In anisotropic 3D stacks the halo covers the same physical distance along
+    every axis, so a coarse z axis gets fewer voxels.
+
+    Examples
+    --------
+    >>> halo_widths(32, (2.0, 0.5, 0.5))
+    (8, 32, 32)
+    """
+    spacing = tuple(float(s) for s in spacing)
+    if not isinstance(overlap_px, (int, float)):
+        vals = per_axis(overlap_px, len(spacing), "overlap")
+        return tuple(int(v) for v in vals)
+    if overlap_px < 0:
+        raise ConfigError(f"overlap must be >= 0 pixels, got {overlap_px}.")
+    finest = min(spacing)
+    return tuple(int(math.ceil(overlap_px * finest / s)) for s in spacing)
+
+
+def plan_tiles(
+    shape: Sequence[int],
+    tile_size: int | Sequence[int],
+    halo: int | Sequence[int],
+) -> list[Tile]:
+    """Cut a scan into a grid of tiles.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Spatial shape of the scan, (Y, X) or (Z, Y, X).
+    tile_size : int or sequence of int
+        Core edge per axis; clipped to the scan (a tile size at least the
+        scan's size gives one tile along that axis).
+    halo : int or sequence of int
+        Halo width per axis in pixels.
+
+    Returns
+    -------
+    list of Tile
+        In raster order of the grid.
+
+    Examples
+    --------
+    >>> tiles = plan_tiles((100, 250), 128, 16)
+    >>> [t.core for t in tiles]
+    [((0, 100), (0, 128)), ((0, 100), (128, 250))]
+    >>> tiles[1].halo
+    ((0, 100), (112, 250))
+    """
+    shape = tuple(int(n) for n in shape)
+    core = tile_shape(shape, tile_size)
+    halo = tuple(int(h) for h in per_axis(halo, len(shape), "halo"))
+    counts = [math.ceil(n / c) for n, c in zip(shape, core)]
+    tiles = []
+    for index, grid in enumerate(itertools.product(*(range(c) for c in counts))):
+        core_box = tuple(
+            (g * c, min((g + 1) * c, n)) for g, c, n in zip(grid, core, shape)
+        )
+        halo_box = tuple(
+            (max(a - h, 0), min(b + h, n)) for (a, b), h, n in zip(core_box, halo, shape)
+        )
+        tiles.append(Tile(index=index, grid=tuple(grid), core=core_box, halo=halo_box))
+    return tiles
+
+
+def owner_grid(point: Sequence[int], core_shape: Sequence[int]) -> tuple[int, ...]:
+    """Grid coordinates of the tile whose core contains ``point``."""
+    return tuple(int(p) // int(c) for p, c in zip(point, core_shape))
+
+
+def batch_tiles(n_tiles: int, tiles_per_batch: int) -> dict[str, list[int]]:
+    """Group tile indices into named batches of consecutive tiles.
+
+    Examples
+    --------
+    >>> batch_tiles(5, 2)
+    {'b0000': [0, 1], 'b0001': [2, 3], 'b0002': [4]}
+    """
+    if tiles_per_batch < 1:
+        raise ConfigError(f"tiles per batch must be >= 1, got {tiles_per_batch}.")
+    return {
+        f"b{i:04d}": list(range(start, min(start + tiles_per_batch, n_tiles)))
+        for i, start in enumerate(range(0, n_tiles, tiles_per_batch))
+    }
+
+
+def box_intersection(a: Box, b: Box) -> Box | None:
+    """Intersection of two boxes, or None when they do not overlap."""
+    out = tuple((max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(a, b))
+    if any(lo >= hi for lo, hi in out):
+        return None
+    return out

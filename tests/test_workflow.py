@@ -1,0 +1,193 @@
+"""The Snakemake workflow: config validation, lint, and a tiny real run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+
+TINY_CONFIG = {
+    "scans": {
+        "tiny2d": {
+            "path": "data/tiny2d.ome.tif",
+            "tile_size": 128,
+            "synth": {"shape": [300, 300], "spacing": [0.5, 0.5], "seed": 3},
+        },
+        "tiny3d": {
+            "path": "data/tiny3d.ome.tif",
+            "tile_size": 48,
+            "synth": {"shape": [16, 96, 96], "spacing": [2.0, 0.5, 0.5], "seed": 4},
+        },
+    },
+    "tiles_per_batch": 2,
+    "device": "cpu",
+    "threads": 1,
+}
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the repository's workflow in `workdir` with this interpreter's snakemake.
+
+    The interpreter's bin folder comes first on PATH so that shell rules find the
+    `cellseg` command installed beside it.
+    """
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
+    return subprocess.run(
+        cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def write_config(workdir: Path, config: dict) -> Path:
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def output_of(proc: subprocess.CompletedProcess) -> str:
+    return f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+def test_schema_is_shared_with_the_package():
+    linked = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    packaged = REPO / "cellseg" / "data" / "config.schema.yaml"
+    assert linked.is_symlink()
+    assert not os.path.isabs(os.readlink(linked))
+    assert linked.resolve() == packaged.resolve()
+
+
+def test_every_config_key_is_documented():
+    schema = yaml.safe_load((REPO / "cellseg" / "data" / "config.schema.yaml").read_text())
+
+    def walk(node, where):
+        assert node.get("additionalProperties") is False, where
+        for key, sub in node.get("properties", {}).items():
+            assert sub.get("description"), f"{where}.{key} has no description"
+            # Required keys have no default, nor do optional sections (`synth`)
+            # whose absence is the default.
+            optional_section = sub.get("type") == "object" and key not in ("scans",)
+            if key not in node.get("required", []) and not optional_section:
+                assert "default" in sub, f"{where}.{key} has no default"
+            if "properties" in sub or "patternProperties" in sub:
+                walk(sub, f"{where}.{key}")
+        for pattern, sub in node.get("patternProperties", {}).items():
+            walk(sub, f"{where}[{pattern}]")
+
+    walk(schema, "config")
+
+
+def test_lint():
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, output_of(proc)
+
+
+def test_demo_config_dry_run(tmp_path):
+    proc = snakemake(tmp_path, "-n", "--configfile", str(REPO / "configs" / "config.yaml"))
+    assert proc.returncode == 0, output_of(proc)
+    text = proc.stdout + proc.stderr
+    for rule in ("synth_demo2d", "synth_demo3d", "ingest", "plan", "stitch", "measure"):
+        assert rule in text
+
+
+def test_profile_dry_run(tmp_path):
+    config = write_config(tmp_path, TINY_CONFIG)
+    proc = snakemake(
+        tmp_path,
+        "-n",
+        "--profile",
+        str(REPO / "configs" / "profiles" / "local"),
+        "--configfile",
+        str(config),
+    )
+    assert proc.returncode == 0, output_of(proc)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"tile_sise": 128}, "tile_sise"),
+        ({"scans": {"tiny2d": {"path": "x.tif", "pixel_sise": [1, 1]}}}, "pixel_sise"),
+        ({"scans": {"bad name": {"path": "x.tif"}}}, "bad name"),
+        ({"scans": {"tiny2d": {"path": "x.tif", "synth": {"shape": [8, 8], "sead": 1}}}}, "sead"),
+        ({"device": "gpu"}, "gpu"),
+        ({"tile_size": "big"}, "big"),
+        ({"scans": {"tiny2d": {"pixel_size": [1, 1]}}}, "path"),
+    ],
+)
+def test_bad_config_is_rejected(tmp_path, change, expected):
+    config = {"scans": {"tiny2d": {"path": "x.tif"}}, **change}
+    proc = snakemake(tmp_path, "-n", "--configfile", str(write_config(tmp_path, config)))
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output_of(proc)
+    assert "Invalid config" in text, output_of(proc)
+    assert expected in text, output_of(proc)
+    assert "Traceback" not in text, output_of(proc)
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_tiny_run(tmp_path):
+    config = write_config(tmp_path, TINY_CONFIG)
+    proc = snakemake(tmp_path, "--cores", "2", "--configfile", str(config), timeout=900)
+    assert proc.returncode == 0, output_of(proc)
+
+    zarr = pytest.importorskip("zarr")
+    pd = pytest.importorskip("pandas")
+    for scan, ndim in (("tiny2d", 2), ("tiny3d", 3)):
+        out = tmp_path / "results" / scan
+        assert (out / "work" / "ingest.json").is_file()
+        assert (out / "work" / "stitch.json").is_file()
+        assert (out / "cells.parquet").is_file()
+        for stage in ("synth", "ingest", "plan", "stitch", "measure"):
+            assert (out / "logs" / f"{stage}.log").is_file(), stage
+
+        batches = json.loads((out / "work" / "tiles.json").read_text())["batches"]
+        assert len(batches) >= 2, "the tiny scans are planned as several batches"
+        for batch in batches:
+            assert (out / "work" / "tiles" / f"{batch}.npz").is_file(), batch
+            assert (out / "logs" / "segment_tiles" / f"{batch}.log").is_file(), batch
+
+        labels = zarr.open_array(str(out / f"{scan}.ome.zarr" / "labels" / "cells" / "0"), mode="r")
+        labels = np.asarray(labels[...])
+        assert labels.ndim == ndim
+        assert labels.dtype == np.uint32
+        ids = np.unique(labels)
+        ids = ids[ids != 0]
+        assert ids.size > 0, f"{scan}: no cells found"
+
+        table = pd.read_parquet(out / "cells.parquet")
+        assert sorted(table["cell_id"].tolist()) == ids.tolist()
+
+    # Everything is up to date: a second run has nothing to do.
+    proc = snakemake(tmp_path, "-n", "--configfile", str(config))
+    assert proc.returncode == 0, output_of(proc)
+    assert "Nothing to be done" in proc.stdout + proc.stderr, output_of(proc)
