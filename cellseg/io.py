@@ -35,6 +35,7 @@ import math
 import os
 import shutil
 import threading
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -116,9 +117,11 @@ _TIFF_RESUNIT_UM = {3: 1e4, 4: 1e3, 5: 1.0}
 _CHANNEL_COLORS = ("0000FF", "00FF00", "FF0000", "FF00FF", "00FFFF", "FFFF00", "FFFFFF")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Scan:
     """A scan opened for reading.
+
+    Scans compare by identity (`data` is a lazy array, not a value).
 
     Attributes
     ----------
@@ -353,8 +356,6 @@ def _read_tiff(path: Path) -> _Raw:
             else:
                 spacing = _tiff_tag_spacing(tif.pages[0])
         array = zarr.open_array(store, mode="r", zarr_format=2)
-    except InputError:
-        raise
     except Exception as exc:
         raise InputError(
             f"{path}: cannot be read as a TIFF file ({type(exc).__name__}: {exc}); check "
@@ -371,8 +372,23 @@ def _read_npy(path: Path) -> _Raw:
     import dask.array as da
 
     try:
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be opened ({exc}); check its permissions") from exc
+    if magic != b"\x93NUMPY":
+        raise InputError(
+            f"{path}: is not a NumPy .npy file (no .npy header); save the scan with "
+            "numpy.save, or give it the extension of its real format"
+        )
+    try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:
+        if "pickle" in str(exc) or "object" in str(exc).lower():
+            raise InputError(
+                f"{path}: holds Python objects, not pixels; cellseg never loads pickled "
+                "data; save a numeric array with numpy.save"
+            ) from exc
         raise InputError(
             f"{path}: cannot be read as a NumPy .npy file ({type(exc).__name__}: {exc}); "
             "save it again with numpy.save"
@@ -449,8 +465,6 @@ def _read_ngff(path: Path, group: zarr.Group, ome: dict, component: str) -> _Raw
             for transform in transforms:
                 if transform.get("type") == "scale" and "scale" in transform:
                     scale = [s * float(f) for s, f in zip(scale, transform["scale"])]
-    except InputError:
-        raise
     except Exception as exc:
         raise InputError(
             f"{path}: OME-Zarr metadata cannot be read ({type(exc).__name__}: {exc}); "
@@ -505,7 +519,7 @@ def _ome_attrs(group: zarr.Group) -> dict:
 
 
 def _plain_axes(path: Path, shape: tuple[int, ...]) -> str:
-    if len(shape) < 2 or len(shape) > 5:
+    if len(shape) < 2:
         raise InputError(
             f"{path}: has {len(shape)} dimension(s) (shape {tuple(shape)}); cellseg reads "
             "2D (YX) or 3D (ZYX) scans with an optional channel axis (CYX, CZYX). Save "
@@ -515,7 +529,11 @@ def _plain_axes(path: Path, shape: tuple[int, ...]) -> str:
 
 
 def _positional_letters(letters: str) -> str:
-    """Name unnamed leading axes by their count: Z, CZ, TCZ (plain arrays)."""
+    """Name unnamed leading axes by their count: Z, CZ, TCZ (plain arrays).
+
+    With more than three, they stay unnamed; the ones left after dropping
+    singletons are named later the same way.
+    """
     n = letters.count("?")
     if n == 0 or n > 3:
         return letters
@@ -582,17 +600,17 @@ def _to_channel_first(path: Path, data: Any, letters: str) -> tuple[Any, str]:
             )
         names = iter(free[-n:])
         letters = "".join(next(names) if a == "?" else a for a in letters)
+    if "T" in letters:
+        raise InputError(
+            f"{path}: is a time series with {shape[letters.index('T')]} time points "
+            f"({described}); cellseg segments one time point at a time; save the time "
+            "point you want as its own file"
+        )
     if len(shape) > 4 or len(set(letters)) != len(letters) or not {"Y", "X"} <= set(letters):
         raise InputError(
             f"{path}: has {len(shape)} non-singleton dimensions ({described}); cellseg "
             "reads YX or ZYX scans with an optional channel axis (CYX, CZYX, ZCYX). Save "
             "the scan with those axes"
-        )
-    if "T" in letters:
-        raise InputError(
-            f"{path}: is a time series with {shape[letters.index('T')]} time points "
-            f"({described}); cellseg segments one time point; save the time point you "
-            "want as its own file"
         )
     order = [letters.index(a) for a in "CZYX" if a in letters]
     data = data.transpose(order)
@@ -765,7 +783,8 @@ def write_image(
     import dask.array as da
     import zarr
     from ome_zarr.format import FormatV05
-    from ome_zarr.writer import write_multiscales_metadata
+
+    write_multiscales_metadata = _ome_zarr_metadata_writer()
 
     path = Path(path)
     data = da.asarray(data)
@@ -842,6 +861,15 @@ def write_image(
     except BaseException:
         _remove_path(tmp)
         raise
+
+
+def _ome_zarr_metadata_writer() -> Any:
+    # ome_zarr.writer builds a deprecated default argument at import time; the
+    # warning concerns an API cellseg does not use.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ome_zarr.writer import write_multiscales_metadata
+    return write_multiscales_metadata
 
 
 def _halve_mean(image: Any) -> Any:
@@ -966,7 +994,8 @@ def finalize_labels(image_path: Path, name: str, *, attrs: dict | None = None) -
     import dask.array as da
     import zarr
     from ome_zarr.format import FormatV05
-    from ome_zarr.writer import write_multiscales_metadata
+
+    write_multiscales_metadata = _ome_zarr_metadata_writer()
 
     image_path = Path(image_path)
     name = _check_label_name(name)
@@ -1094,6 +1123,7 @@ def _multiscale_info(image_path: Path) -> dict:
         )
     multiscale = multiscales[0]
     axes = [dict(a) for a in multiscale["axes"]]
+    level0 = group[multiscale["datasets"][0]["path"]]
     scales = []
     for dataset in multiscale["datasets"]:
         scale = [1.0] * len(axes)
@@ -1106,18 +1136,21 @@ def _multiscale_info(image_path: Path) -> dict:
         "names": [a["name"] for a in axes],
         "scales": scales,
         "levels": len(scales),
+        "shape": tuple(int(n) for n in level0.shape),
     }
 
 
 def _label_dimension_names(image: dict, shape: tuple[int, ...]) -> list[str]:
     names = image["names"]
-    spatial = [n for n, a in zip(names, image["axes"]) if a.get("type") == "space"]
-    if len(shape) == len(spatial):
-        return spatial
-    if len(shape) == len(names):
+    positions = [i for i, a in enumerate(image["axes"]) if a.get("type") == "space"]
+    spatial_shape = tuple(image["shape"][i] for i in positions)
+    if tuple(shape) == spatial_shape:
+        return [names[i] for i in positions]
+    if tuple(shape) == image["shape"]:
         return list(names)
     raise ValueError(
-        f"label shape {shape} matches neither the image's spatial axes {spatial} nor {names}"
+        f"label shape {tuple(shape)} matches neither the image's spatial shape "
+        f"{spatial_shape} nor its shape {image['shape']}"
     )
 
 

@@ -456,19 +456,23 @@ def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = Fals
     members = members_by_tile(meta, tiles, core_shape, result)
     img = image_path(outdir, info)
     labels = create_labels(img, "cells", tuple(content["shape"]), tuple(core_shape))
+    present = set()
     for t in progress(tiles, desc="stitch", enabled=show_progress):
         region = paint_region(source, result, t.core, members.get(t.index, []))
         if region.any():
             labels[t.core_slices] = region
+            present.update(np.unique(region[region > 0]).tolist())
+    n_cells = len(present)
     attrs = {
-        "n_cells": result.n_cells,
+        "n_cells": n_cells,
         "plan": content["fingerprint"],
         "backend": content["backend"],
         "cellseg_version": __version__,
     }
     finalize_labels(img, "cells", attrs=attrs)
     summary = {
-        "n_cells": result.n_cells,
+        "n_cells": n_cells,
+        "max_id": result.n_cells,
         "n_candidates": len(meta),
         "n_duplicates": result.n_duplicates,
         "n_merged_pieces": result.n_merged_pieces,
@@ -478,7 +482,7 @@ def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = Fals
         "request": request,
     }
     atomic_write_json(summary_path, summary)
-    log.info("stitch: %d cells -> %s", result.n_cells, img / "labels" / "cells")
+    log.info("stitch: %d cells -> %s", n_cells, img / "labels" / "cells")
     return summary
 
 
@@ -504,7 +508,7 @@ def measure(
     info = read_json(work_dir(outdir) / "ingest.json", "ingest")
     stitch_info = read_json(work_dir(outdir) / "stitch.json", "stitch")
     out = outdir / "cells.parquet"
-    request = {"stitch": fingerprint(stitch_info), "labels": labels}
+    request = {"stitch": fingerprint(stitch_info["request"]), "labels": labels}
     if not force and out.exists():
         import pyarrow.parquet as pq
 

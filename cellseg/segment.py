@@ -123,8 +123,9 @@ class Candidates:
 
     def save(self, path: Path, **extra) -> None:
         """Write to a compressed ``.npz``, atomically."""
-        from cellseg.io import atomic_write_bytes
         import io as _io
+
+        from cellseg.io import atomic_write_bytes
 
         buf = _io.BytesIO()
         arrays = {f: getattr(self, f) for f in self.FIELDS}

@@ -8,9 +8,9 @@ every write is a whole, disjoint set of chunks.
 Rules, in order:
 
 1. ``OWNED`` candidates (complete and anchored in their tile's core) are cells.
-   If two of them from different tiles overlap at IoU >= ``duplicate_iou``
-   (backends that are not exactly tile-invariant), the one with the lower
-   score, then from the later tile, is dropped.
+   If two of them from different tiles overlap at IoU >= ``duplicate_iou``, or
+   one lies mostly inside the other (backends that are not exactly
+   tile-invariant), the one seen closer to its tile's crop edge is dropped.
 2. A ``PIECE`` (the part of an object inside its tile's core) whose whole
    object mostly lies in a kept cell is a view of that cell and is dropped.
 3. Pieces from different tiles are joined when one tile's object covers most
@@ -125,42 +125,45 @@ def _count_in(mask: np.ndarray, box: Box, region: Box) -> int:
     return int(np.count_nonzero(_crop(mask, box, inter)))
 
 
-def bucket_boxes(cands: Candidates, cell: Sequence[int]) -> dict[tuple, list[int]]:
-    """Index candidates by the grid cells (of shape ``cell``) their boxes touch."""
+def candidate_pairs(
+    cands: Candidates, tiles: Sequence[Tile], core_shape: Sequence[int], select: np.ndarray
+) -> set:
+    """Pairs (i < j) of selected candidates from different tiles whose boxes intersect.
+
+    Two candidates of different tiles can only overlap where one of them reaches
+    out of its own tile's core, so only those (near the seams) are compared,
+    each against the candidates of the tiles its box touches.
+    """
     nd = cands.ndim
-    lo = cands.bbox[:, :nd] // np.asarray(cell)
-    hi = (cands.bbox[:, nd:] - 1) // np.asarray(cell)
-    buckets: dict[tuple, list[int]] = defaultdict(list)
-    for i in range(len(cands)):
-        for key in itertools.product(*(range(a, b + 1) for a, b in zip(lo[i], hi[i]))):
-            buckets[key].append(i)
-    return buckets
-
-
-def candidate_pairs(cands: Candidates, cell: Sequence[int], select: np.ndarray) -> set:
-    """Pairs (i < j) of selected candidates from different tiles whose boxes intersect."""
     sub = np.flatnonzero(select)
-    pairs = set()
+    pairs: set = set()
     if sub.size < 2:
         return pairs
-    nd = cands.ndim
-    buckets = bucket_boxes(
-        Candidates(
-            tile=cands.tile[sub], kind=cands.kind[sub], bbox=cands.bbox[sub],
-            anchor=cands.anchor[sub], area=cands.area[sub], score=cands.score[sub],
-            offsets=np.zeros(sub.size + 1, np.int64), bits=np.zeros(0, np.uint8),
-        ),
-        cell,
-    )
-    for members in buckets.values():
-        for a, b in itertools.combinations(members, 2):
-            i, j = int(sub[a]), int(sub[b])
-            if cands.tile[i] == cands.tile[j]:
-                continue
-            if np.all(cands.bbox[i, :nd] < cands.bbox[j, nd:]) and np.all(
-                cands.bbox[j, :nd] < cands.bbox[i, nd:]
-            ):
-                pairs.add((min(i, j), max(i, j)))
+    cs = np.asarray(core_shape)
+    grid_of = {t.grid: t.index for t in tiles}
+    core_lo = np.array([[a for a, _ in t.core] for t in tiles]).reshape(-1, nd)
+    core_hi = np.array([[b for _, b in t.core] for t in tiles]).reshape(-1, nd)
+    lo, hi = cands.bbox[:, :nd], cands.bbox[:, nd:]
+    by_tile: dict[int, np.ndarray] = {}
+    order = sub[np.argsort(cands.tile[sub], kind="stable")]
+    tiles_sorted = cands.tile[order]
+    for t in np.unique(tiles_sorted):
+        by_tile[int(t)] = order[tiles_sorted == t]
+    own = cands.tile[sub]
+    crossing = sub[np.any(lo[sub] < core_lo[own], axis=1) | np.any(hi[sub] > core_hi[own], axis=1)]
+    for i in crossing:
+        g_lo, g_hi = lo[i] // cs, (hi[i] - 1) // cs
+        near = [
+            by_tile[grid_of[g]]
+            for g in itertools.product(*(range(a, b + 1) for a, b in zip(g_lo, g_hi)))
+            if g in grid_of and grid_of[g] in by_tile and grid_of[g] != cands.tile[i]
+        ]
+        if not near:
+            continue
+        js = np.concatenate(near)
+        hit = np.all(lo[js] < hi[i], axis=1) & np.all(lo[i] < hi[js], axis=1)
+        for j in js[hit]:
+            pairs.add((int(min(i, j)), int(max(i, j))))
     return pairs
 
 
@@ -226,27 +229,38 @@ def resolve_candidates(
     boxes = [c.box(i) for i in range(n)]
     n_dup = 0
 
-    # 1. duplicates among owned candidates (never happens for tile-invariant backends)
-    for i, j in sorted(candidate_pairs(c, core_shape, owned)):
+    cores = {t.index: t.core for t in tiles}
+    shape = tuple(max(t.core[a][1] for t in tiles) for a in range(c.ndim))
+    margin = tuple(margin) if margin is not None else (0,) * c.ndim
+    trusted = {t.index: reliable_box(t.halo, margin, shape) for t in tiles}
+
+    def slack(i: int) -> float:
+        """How far candidate i stays from its tile's crop edges (more = more context)."""
+        gaps = []
+        for (lo, hi), (a, b), n in zip(boxes[i], trusted[int(c.tile[i])], shape):
+            gaps.append(lo - a if a > 0 else np.inf)
+            gaps.append(b - hi if b < n else np.inf)
+        return float(min(gaps))
+
+    # 1. conflicts among owned candidates (never for tile-invariant backends): when two
+    #    from different tiles overlap by IoU >= duplicate_iou, or one lies mostly
+    #    inside the other, keep the one seen with more context (then higher score).
+    for i, j in sorted(candidate_pairs(c, tiles, core_shape, owned)):
         if not (alive[i] and alive[j]):
             continue
         inter = _overlap(source.mask(i), boxes[i], source.mask(j), boxes[j])
         if inter == 0:
             continue
         iou = inter / (c.area[i] + c.area[j] - inter)
-        if iou >= duplicate_iou:
-            key_i = (-float(c.score[i]), int(c.tile[i]))
-            key_j = (-float(c.score[j]), int(c.tile[j]))
+        if iou >= duplicate_iou or inter >= view_fraction * min(c.area[i], c.area[j]):
+            key_i = (-slack(i), -float(c.score[i]), int(c.tile[i]))
+            key_j = (-slack(j), -float(c.score[j]), int(c.tile[j]))
             alive[j if key_i <= key_j else i] = False
             n_dup += 1
 
     # 2. pieces that are views of a kept cell
-    cores = {t.index: t.core for t in tiles}
-    shape = tuple(max(t.core[a][1] for t in tiles) for a in range(c.ndim))
-    margin = tuple(margin) if margin is not None else (0,) * c.ndim
-    trusted = {t.index: reliable_box(t.halo, margin, shape) for t in tiles}
     kept_owned = owned & alive
-    for i, j in sorted(candidate_pairs(c, core_shape, kept_owned | piece)):
+    for i, j in sorted(candidate_pairs(c, tiles, core_shape, kept_owned | piece)):
         pi, oj = (i, j) if piece[i] else (j, i)
         if not (piece[pi] and kept_owned[oj]) or not alive[pi]:
             continue
@@ -261,7 +275,7 @@ def resolve_candidates(
     sizes = np.zeros(len(pieces), np.int64)
     for k, p in enumerate(pieces):
         sizes[k] = _count_in(source.mask(p), boxes[p], cores[int(c.tile[p])])
-    for i, j in sorted(candidate_pairs(c, core_shape, piece & alive)):
+    for i, j in sorted(candidate_pairs(c, tiles, core_shape, piece & alive)):
         mi, mj = source.mask(i), source.mask(j)
         ti, tj = int(c.tile[i]), int(c.tile[j])
         joined = False

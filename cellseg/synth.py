@@ -6,11 +6,11 @@ A scan is built in physical units (µm) and then rendered on the pixel grid:
    adsorption with a soft hard-core rule (two centres stay at least
    ``f * (r_i + r_j)`` apart). A few isolated nuclei come first (large ``f``),
    then a few dense clusters (small ``f``, nuclei press against each other),
-   then the bulk, whose local density follows a smooth random field so that
-   the scan has crowded and sparse regions.
+   then the bulk: a nearly jammed packing thinned by a smooth random density
+   field, so that crowded and sparse regions alternate.
 2. *Shapes*: each nucleus is an ellipse (2D) or ellipsoid (3D) with random
    orientation and aspect, whose radius is perturbed by low-order angular
-   harmonics. Each is drawn into a small crop around its bounding box as a
+   harmonics. Each is computed on a small crop around its bounding box as a
    normalised distance ("score": < 1 inside, 0 at the centre). Where nuclei
    overlap, a pixel goes to the nucleus it is more inside (lowest score), so
    labels touch without overlapping.
@@ -19,7 +19,7 @@ A scan is built in physical units (µm) and then rendered on the pixel grid:
    visible minimum, is dropped. Ids are renumbered 1..N in raster order of
    their first pixel.
 4. *Rendering*: per-nucleus brightness and chromatin texture, slightly dimmer
-   edges, Gaussian optical blur (stronger along the plane axis in 3D), an
+   edges, Gaussian optical blur (in 3D much wider between planes), an
    uneven smooth background, then Poisson shot noise, camera offset and
    Gaussian read noise.
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ _MAX_ROUNDS = 12
 
 # Shapes.
 _MAX_PERTURBATION = 0.3  # bound on the sum of |harmonic amplitudes|
-_DRAW_BATCH = 256  # nuclei computed together
+_DRAW_BUDGET = 1 << 16  # padded crop pixels computed together
 _MIN_KEEP_FRACTION = 0.5  # of the nucleus's own drawn size
 _MIN_SIZE = {2: 20, 3: 60}  # pixels (voxels) for a nucleus to be kept
 
@@ -70,7 +71,7 @@ _BACKGROUND_E = 120.0
 _CAMERA_OFFSET = 100.0
 _READ_NOISE = 3.0
 _TEXTURE_SIGMA_UM = 0.5
-_PSF_SIGMA_UM = (1.2, 0.35)  # (along the plane axis, in-plane)
+_PSF_SIGMA_UM = (1.2, 0.35)  # (between planes, in-plane)
 _BACKGROUND_CELL_UM = 150.0
 _FULL_SCALE_ADU = 4095.0  # 8-bit outputs are rescaled from this range
 
@@ -125,7 +126,7 @@ def synthesize_scan(
         than this along their major axis.
     density : float
         Rough fraction of the area (volume) covered by nuclei, in (0, 1].
-        Crowding saturates a little above 0.6.
+        Crowding saturates the coverage near 0.65 in 2D and 0.5 in 3D.
     dtype : data-type
         Type of the image: an integer type (values are camera counts with an
         offset of about 100; 8-bit types are rescaled to fit) or a float type.
@@ -205,19 +206,25 @@ def write_synthetic_scan(
     Examples
     --------
     >>> import tempfile, tifffile
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> img, lab = write_synthetic_scan(folder / "scan.ome.tif", folder / "truth.tif",
-    ...                                 shape=(64, 64))
-    >>> tifffile.imread(lab).dtype
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     image_path, labels_path = write_synthetic_scan(
+    ...         Path(folder) / "scan.ome.tif", Path(folder) / "truth.tif", shape=(64, 64)
+    ...     )
+    ...     tifffile.imread(labels_path).dtype
     dtype('uint32')
     """
     image_path = Path(image_path)
     labels_out = None if labels_path is None else Path(labels_path)
     image, labels = synthesize_scan(shape, spacing=spacing, seed=seed, **kwargs)
-    spacing_used = tuple(float(s) for s in (spacing or default_spacing(len(shape))))
-    metadata = _ome_metadata(spacing_used)
+    if spacing is None:
+        spacing = default_spacing(len(shape))
+    spacing_used = tuple(float(s) for s in spacing)
+    # The OME UUID is derived from the arguments, so equal arguments give equal files.
+    key = repr((tuple(shape), spacing_used, seed, sorted(kwargs.items(), key=str)))
     if labels_out is not None:
+        metadata = _ome_metadata(spacing_used, _stem(labels_out), f"labels {key}")
         _write_tiff_atomic(labels_out, labels, metadata, compression="zlib")
+    metadata = _ome_metadata(spacing_used, _stem(image_path), f"image {key}")
     _write_tiff_atomic(image_path, image, metadata, compression=None)
     return image_path, labels_out
 
@@ -243,13 +250,19 @@ def _check_arguments(
         )
     if spacing is None:
         spacing = default_spacing(len(shape))
-    spacing_arr = np.asarray(spacing, dtype=np.float64)
+    try:
+        spacing_arr = np.asarray(spacing, dtype=np.float64)
+    except (TypeError, ValueError):
+        spacing_arr = np.full(0, np.nan)
     if spacing_arr.shape != (len(shape),) or not np.all(np.isfinite(spacing_arr)):
         raise ConfigError(
-            f"spacing must give one pixel size in µm per axis of shape {shape}, got {spacing!r}"
+            f"spacing (pixel size) must give one value in µm per axis of shape {shape}, "
+            f"got {spacing!r}"
         )
     if np.any(spacing_arr <= 0):
-        raise ConfigError(f"spacing must be positive (µm per pixel), got {spacing!r}")
+        raise ConfigError(
+            f"spacing (pixel size) must be positive, in µm per pixel, got {spacing!r}"
+        )
     if (
         len(diameter_um) != 2
         or not all(math.isfinite(d) for d in diameter_um)
@@ -334,30 +347,27 @@ def _place_nuclei(
 
     # The bulk: a near-jammed packing, thinned by a smooth random density field so
     # that crowded and sparse regions alternate, down to the target number.
-    bulk = _Placement(ndim, r_max=0.5 * d_hi)
-    bulk.points, bulk.radii, bulk.factors = placed.points, placed.radii, placed.factors
     n_fixed = placed.count
     n_jammed = _BULK_JAMMING[ndim] * volume / mean_size
     for _ in range(_MAX_ROUNDS):
         n_candidates = int(1.5 * n_jammed) + 16
         points = rng.uniform(0.0, 1.0, (n_candidates, ndim)) * extent
-        accepted = bulk.add(points, sample_radii(n_candidates), _F_BULK, np.array([n_candidates]))
+        radii = sample_radii(n_candidates)
+        accepted = placed.add(points, radii, _F_BULK, np.array([n_candidates]))
         if accepted.size < 0.02 * n_jammed:
             break
-    points, radii = bulk.points[n_fixed:], bulk.radii[n_fixed:]
+    points, radii = placed.points[n_fixed:], placed.radii[n_fixed:]
     weight = np.maximum(
         1.0 + _DENSITY_CONTRAST * _smooth_field_at(rng, points, extent, _DENSITY_CELL_UM), 0.05
     )
     # Thin by covered size, not count: the packing favours small nuclei. Overlaps
     # later take back part of the placed size, hence the allowance.
     size = unit * radii**ndim
-    wanted = _OVERLAP_ALLOWANCE * density * volume - float(np.sum(unit * placed.radii**ndim))
+    fixed_size = float(np.sum(unit * placed.radii[:n_fixed] ** ndim))
+    wanted = _OVERLAP_ALLOWANCE * density * volume - fixed_size
     keep_probability = np.minimum(1.0, _solve_scale(weight, size, wanted) * weight)
-    keep = rng.random(points.shape[0]) < keep_probability
-    return (
-        np.concatenate([placed.points, points[keep]]),
-        np.concatenate([placed.radii, radii[keep]]),
-    )
+    keep = np.concatenate([np.ones(n_fixed, dtype=bool), rng.random(radii.size) < keep_probability])
+    return placed.points[keep], placed.radii[keep]
 
 
 def _solve_scale(weight: np.ndarray, size: np.ndarray, total: float) -> float:
@@ -401,8 +411,9 @@ class _Placement:
         """Accept candidates in order, each if it respects every accepted nucleus.
 
         Candidate ``j`` conflicts with nucleus ``i`` when their centres are
-        closer than ``max(f_i, f_j) * (r_i + r_j)``. The result equals adding
-        the candidates one by one, computed with array operations. At most
+        closer than ``max(f_i, f_j) * (r_i + r_j)``. Without limits, the result
+        equals adding the candidates one by one; it is computed with array
+        operations. At most
         ``limits[g]`` candidates of group ``g`` are accepted (candidates sorted
         by group; all in group 0 when `group` is None). Returns the indices of
         the accepted candidates.
@@ -573,8 +584,7 @@ def _draw_nuclei(
     score = np.ones(shape, dtype=np.float32)
     labels = np.zeros(shape, dtype=np.uint32)
     own_size = np.zeros(n, dtype=np.int64)
-    for start in range(0, order.size, _DRAW_BATCH):
-        batch = order[start : start + _DRAW_BATCH]
+    for batch in _batches(order, extent):
         scores = _nucleus_scores(
             lo[batch],
             extent[batch].max(axis=0),
@@ -594,6 +604,23 @@ def _draw_nuclei(
             np.copyto(labels[box], np.uint32(k + 1), where=win)
             own_size[k] = np.count_nonzero(nucleus_score < 1.0)
     return score, labels, own_size
+
+
+def _batches(order: np.ndarray, extent: np.ndarray) -> list[np.ndarray]:
+    """Split `order` into consecutive batches whose padded crops stay cache-sized."""
+    batches = []
+    start = 0
+    top = np.zeros(extent.shape[1], dtype=np.int64)
+    for position, k in enumerate(order.tolist()):
+        grown = np.maximum(top, extent[k])
+        if position > start and (position - start + 1) * int(np.prod(grown)) > _DRAW_BUDGET:
+            batches.append(order[start:position])
+            start = position
+            grown = extent[k]
+        top = grown
+    if start < order.size:
+        batches.append(order[start:])
+    return batches
 
 
 def _nucleus_scores(
@@ -659,7 +686,6 @@ def _clean_labels(
     """
     from skimage.measure import label as connected_components
 
-    n = own_size.size
     # Face-connected pieces of equal label; numbered in raster order of first pixel.
     pieces = connected_components(raw, background=0, connectivity=1)
     n_pieces = int(pieces.max())
@@ -682,10 +708,30 @@ def _clean_labels(
     new_id[~keep_piece] = 0
     labels = new_id[pieces]
     del pieces
-    kept_pieces = np.flatnonzero(keep_piece)
-    kept = piece_label[kept_pieces] - 1
-    assert kept.size == 0 or kept.max() < n
+    kept = piece_label[np.flatnonzero(keep_piece)] - 1
+    # Pieces come numbered in raster order already; make sure of it, cheaply.
+    first = _first_pixels(labels, kept.size)
+    if np.any(np.diff(first) < 0):
+        order = np.argsort(first, kind="stable")
+        lut = np.zeros(kept.size + 1, dtype=np.uint32)
+        lut[order + 1] = np.arange(1, kept.size + 1, dtype=np.uint32)
+        labels = lut[labels]
+        kept = kept[order]
     return labels, kept
+
+
+def _first_pixels(labels: np.ndarray, n: int) -> np.ndarray:
+    """Flat index of the first pixel (raster order) of each id 1..n."""
+    coords = np.zeros((labels.ndim, n), dtype=np.int64)
+    for index, box in enumerate(ndi.find_objects(labels, max_label=n)):
+        if box is None:
+            continue
+        # The first pixel lies in the first plane (row in 2D) of the bounding box.
+        head = (slice(box[0].start, box[0].start + 1),) + box[1:]
+        crop = labels[head]
+        where = np.unravel_index(int(np.argmax(crop == index + 1)), crop.shape)
+        coords[:, index] = [b.start + w for b, w in zip(box, where, strict=True)]
+    return np.ravel_multi_index(tuple(coords), labels.shape)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -725,7 +771,7 @@ def _render(
     signal *= texture
     del texture
     np.maximum(signal, 0.0, out=signal)
-    # Optical blur: in 3D stronger along the plane axis.
+    # Optical blur: in 3D much wider between planes than in-plane.
     psf = list(_gaussian_sigma(_PSF_SIGMA_UM[1], spacing))
     if ndim == 3:
         psf[0] = float(_PSF_SIGMA_UM[0] / spacing[0])
@@ -782,10 +828,20 @@ def _to_dtype(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
 # --------------------------------------------------------------------------- files
 
 
-def _ome_metadata(spacing: tuple[float, ...]) -> dict[str, Any]:
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _ome_metadata(spacing: tuple[float, ...], name: str, key: str) -> dict[str, Any]:
     axes = "YX" if len(spacing) == 2 else "ZYX"
     metadata: dict[str, Any] = {
         "axes": axes,
+        "Name": name,
+        "UUID": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, 'cellseg.synth:' + key)}",
         "PhysicalSizeX": spacing[-1],
         "PhysicalSizeXUnit": "µm",
         "PhysicalSizeY": spacing[-2],
@@ -804,7 +860,6 @@ def _write_tiff_atomic(
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tile = (512, 512) if min(data.shape[-2:]) >= 2048 else None
     try:
         tifffile.imwrite(
             tmp,
@@ -813,7 +868,6 @@ def _write_tiff_atomic(
             photometric="minisblack",
             metadata=metadata,
             compression=compression,
-            tile=tile,
         )
         os.replace(tmp, path)
     finally:

@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import dask.array as da
@@ -41,7 +42,9 @@ def _write_ome_zarr(path: Path, data: np.ndarray, **kwargs) -> None:
         "chunks": (1,) + (16,) * (data.ndim - 1),
     }
     options.update(kwargs)
-    io.write_image(path, da.from_array(data, chunks=8), **options)
+    chunks = tuple(options["chunks"])
+    chunks = (1,) * (data.ndim - len(chunks)) + chunks
+    io.write_image(path, da.from_array(data, chunks=chunks), **options)
 
 
 def _read_nodes(path: Path) -> list:
@@ -59,6 +62,7 @@ PLAIN_CASES = [
     ((2, 4, 20, 30), (2, 4, 20, 30), "zyx"),
     ((1, 2, 4, 20, 30), (2, 4, 20, 30), "zyx"),  # singleton T dropped
     ((2, 1, 20, 30), (2, 20, 30), "yx"),  # single plane: 2D with channels
+    ((1, 1, 2, 1, 4, 20, 30), (2, 4, 20, 30), "zyx"),  # leading singletons dropped
 ]
 
 
@@ -237,7 +241,10 @@ def test_read_ome_zarr_written_by_write_image(tmp_path, shape):
 
 def test_read_ome_zarr_ngff_04(tmp_path):
     from ome_zarr.format import FormatV04
-    from ome_zarr.writer import write_multiscale
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # raised by ome_zarr on import
+        from ome_zarr.writer import write_multiscale
 
     image = _image((2, 3, 20, 30))
     path = tmp_path / "v04.ome.zarr"
@@ -291,9 +298,7 @@ def test_read_scan_accepts_str_path(tmp_path):
 
 def test_pixel_size_override_beats_metadata(tmp_path):
     path = tmp_path / "scan.ome.tif"
-    tifffile.imwrite(
-        path, _image((4, 20, 30)), metadata={"axes": "ZYX", "PhysicalSizeX": 0.25}
-    )
+    tifffile.imwrite(path, _image((4, 20, 30)), metadata={"axes": "ZYX", "PhysicalSizeX": 0.25})
     scan = io.read_scan(path, pixel_size=[1.5, 0.3, 0.3])
     assert scan.spacing == (1.5, 0.3, 0.3)
     assert scan.spacing_source == "override"
@@ -302,8 +307,9 @@ def test_pixel_size_override_beats_metadata(tmp_path):
 def test_partial_metadata_fills_missing_axis_with_default(tmp_path):
     path = tmp_path / "scan.ome.tif"
     tifffile.imwrite(
-        path, _image((4, 20, 30)), metadata={"axes": "ZYX", "PhysicalSizeX": 0.25,
-                                              "PhysicalSizeY": 0.25}
+        path,
+        _image((4, 20, 30)),
+        metadata={"axes": "ZYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25},
     )
     scan = io.read_scan(path)
     assert scan.spacing == (1.0, 0.25, 0.25)
@@ -391,7 +397,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, Path]:
     for name, array in {
         "1d": np.zeros(10, np.uint8),
         "6d": np.zeros((2, 2, 2, 2, 4, 4), np.uint8),
-        "time": np.zeros((2, 2, 2, 4, 4), np.uint8),
+        "6d_with_singleton": np.zeros((2, 2, 1, 2, 2, 4, 4), np.uint8),
+        "movie": np.zeros((2, 2, 2, 4, 4), np.uint8),
+        "objects": np.array([[None, 1], [2, 3]], dtype=object),
         "empty": np.zeros((0, 10), np.uint8),
         "empty3d": np.zeros((3, 0, 10), np.uint8),
         "strings": np.array([["a", "b"], ["c", "d"]]),
@@ -407,10 +415,17 @@ def _bad_inputs(tmp_path: Path) -> dict[str, Path]:
     group.create_array("b", shape=(4, 4), dtype="u1")
     cases["ambiguous zarr group"] = two
     tiff5d = tmp_path / "five_d.ome.tif"
-    tifffile.imwrite(tiff5d, np.zeros((2, 2, 2, 4, 4), np.uint8), metadata={"axes": "TCZYX"})
+    tifffile.imwrite(
+        tiff5d,
+        np.zeros((2, 2, 2, 4, 4), np.uint8),
+        photometric="minisblack",
+        metadata={"axes": "TCZYX"},
+    )
     cases["tiff time series"] = tiff5d
-    empty_tiff = tmp_path / "empty_string.tif"
-    tifffile.imwrite(empty_tiff, np.zeros((0, 4, 4), np.uint8))
+    empty_tiff = tmp_path / "empty_pages.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zero-size TIFFs are nonconformant
+        tifffile.imwrite(empty_tiff, np.zeros((0, 4, 4), np.uint8))
     cases["empty tiff"] = empty_tiff
     return cases
 
@@ -424,7 +439,9 @@ BAD_INPUTS = [
     "plain directory",
     "1d",
     "6d",
-    "time",
+    "6d_with_singleton",
+    "movie",
+    "objects",
     "empty",
     "empty3d",
     "strings",
@@ -450,8 +467,12 @@ def test_bad_input_messages_say_what_is_wrong(tmp_path):
         "missing": "no such file",
         "unsupported": ".png",
         "1d": "1 dimension",
-        "6d": "6 dimension",
-        "time": "time",
+        "6d": "6 non-singleton dimensions",
+        "corrupt npy": "not a NumPy .npy file",
+        "objects": "pickled",
+        "movie": "2 time points",
+        "tiff time series": "2 time points",
+        "6d_with_singleton": "6 non-singleton dimensions",
         "empty": "empty",
         "strings": "integer or floating-point",
         "ambiguous zarr group": "'a', 'b'",
@@ -562,8 +583,8 @@ def test_labels_pyramid_is_nearest_subsample(tmp_path, spatial):
     shape = (2100, 40) if spatial == "yx" else (3, 2100, 40)
     path = tmp_path / "scan.ome.zarr"
     spacing = (0.5, 0.25) if spatial == "yx" else (2.0, 0.5, 0.25)
-    _write_ome_zarr(path, _image((1, *shape), np.uint8), spacing=spacing)
     chunks = (256, 32) if spatial == "yx" else (1, 256, 32)
+    _write_ome_zarr(path, _image((1, *shape), np.uint8), spacing=spacing, chunks=chunks)
     labels = io.create_labels(path, "cells", shape, chunks)
     assert labels.dtype == np.uint32
     truth = _paint(labels)
@@ -613,6 +634,15 @@ def test_labels_with_channel_axis_shape(tmp_path):
     array = io.open_labels(path)
     assert array.shape == (1, 20, 30)
     assert array.metadata.dimension_names == ("c", "y", "x")
+
+
+def test_create_labels_checks_shape(tmp_path):
+    path = tmp_path / "scan.ome.zarr"
+    _write_ome_zarr(path, _image((1, 20, 30)))
+    with pytest.raises(ValueError, match="spatial shape"):
+        io.create_labels(path, "cells", (20, 31), (16, 16))
+    with pytest.raises(InputError, match="missing.ome.zarr"):
+        io.create_labels(tmp_path / "missing.ome.zarr", "cells", (20, 30), (16, 16))
 
 
 def test_open_labels_missing(tmp_path):
