@@ -22,49 +22,71 @@ def _channel(value: str) -> int | str:
 
 def _add_scan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--pixel-size", type=float, nargs="+", metavar="UM",
+        "--pixel-size",
+        type=float,
+        nargs="+",
+        metavar="UM",
         help="µm per spatial axis in the file's order, e.g. 2 0.5 0.5 for a ZYX stack "
         "(default: the file's metadata, else 1 µm)",
     )
     p.add_argument(
-        "--channel", type=_channel, metavar="IDX|NAME",
+        "--channel",
+        type=_channel,
+        metavar="IDX|NAME",
         help="the nuclear channel of a multichannel scan, by index or name (default 0)",
     )
 
 
 def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--tile-size", type=int, nargs="+", default=[512], metavar="N",
+        "--tile-size",
+        type=int,
+        nargs="+",
+        default=[512],
+        metavar="N",
         help="tile core edge in pixels (voxels in 3D), one value or one per axis "
         "(default 512; a size at least the scan's gives one tile)",
     )
     p.add_argument(
-        "--overlap", type=int, metavar="N",
+        "--overlap",
+        type=int,
+        metavar="N",
         help="halo width in pixels of the finest axis (default: automatic, the largest "
         "expected cell plus the backend's context)",
     )
     p.add_argument(
-        "--tiles-per-batch", type=int, default=16, metavar="N",
+        "--tiles-per-batch",
+        type=int,
+        default=16,
+        metavar="N",
         help="tiles per batch file / workflow job (default 16)",
     )
 
 
 def _add_backend_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     p.add_argument(
-        "--backend", default="classical" if defaults else None,
+        "--backend",
+        default="classical" if defaults else None,
         help="segmentation backend (default classical)",
     )
     p.add_argument("--model", metavar="NAME|PATH", help="model name or folder for model backends")
     p.add_argument(
-        "--device", default="auto", choices=["auto", "cpu", "cuda"],
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
         help="where model backends run (default auto: cuda when present)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=4, metavar="N",
+        "--batch-size",
+        type=int,
+        default=4,
+        metavar="N",
         help="tiles per backend call / forward pass (default 4)",
     )
     p.add_argument(
-        "--threads", type=int, metavar="N",
+        "--threads",
+        type=int,
+        metavar="N",
         help="worker threads for CPU backends (default: all cores)",
     )
 
@@ -124,10 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write a synthetic scan and its ground-truth labels")
     p.add_argument("output", type=Path, help="image path (.ome.tif)")
     p.add_argument("--labels", type=Path, help="labels path (default <output>_labels.tif)")
-    p.add_argument("--shape", type=int, nargs="+", required=True, metavar="N",
-                   help="Y X or Z Y X")
-    p.add_argument("--pixel-size", type=float, nargs="+", metavar="UM",
-                   help="µm per axis (default 0.5 in-plane, 2 in z)")
+    p.add_argument("--shape", type=int, nargs="+", required=True, metavar="N", help="Y X or Z Y X")
+    p.add_argument(
+        "--pixel-size",
+        type=float,
+        nargs="+",
+        metavar="UM",
+        help="µm per axis (default 0.5 in-plane, 2 in z)",
+    )
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("evaluate", help="instance matching of a prediction against truth")
@@ -144,11 +170,21 @@ def _run(args: argparse.Namespace) -> int:
     show = not args.quiet
     if args.command == "segment":
         out = pipeline.segment(
-            args.input, args.outdir, tile_size=_tile_size(args.tile_size), overlap=args.overlap,
-            pixel_size=args.pixel_size, channel=args.channel, backend=args.backend,
-            model=args.model, device=args.device, batch_size=args.batch_size,
-            tiles_per_batch=args.tiles_per_batch, threads=args.threads, name=args.name,
-            show_progress=show, force=args.force,
+            args.input,
+            args.outdir,
+            tile_size=_tile_size(args.tile_size),
+            overlap=args.overlap,
+            pixel_size=args.pixel_size,
+            channel=args.channel,
+            backend=args.backend,
+            model=args.model,
+            device=args.device,
+            batch_size=args.batch_size,
+            tiles_per_batch=args.tiles_per_batch,
+            threads=args.threads,
+            name=args.name,
+            show_progress=show,
+            force=args.force,
         )
         print(f"{out['n_cells']} cells")
         print(f"image:  {out['image']}")
@@ -156,20 +192,34 @@ def _run(args: argparse.Namespace) -> int:
         print(f"table:  {out['table']}")
     elif args.command == "ingest":
         info = pipeline.ingest(
-            args.input, args.outdir, name=args.name, pixel_size=args.pixel_size,
-            channel=args.channel, force=args.force,
+            args.input,
+            args.outdir,
+            name=args.name,
+            pixel_size=args.pixel_size,
+            channel=args.channel,
+            force=args.force,
         )
         print(Path(args.outdir) / info["image"])
     elif args.command == "plan":
         content = pipeline.plan(
-            args.outdir, tile_size=_tile_size(args.tile_size), overlap=args.overlap,
-            tiles_per_batch=args.tiles_per_batch, backend=args.backend, model=args.model,
+            args.outdir,
+            tile_size=_tile_size(args.tile_size),
+            overlap=args.overlap,
+            tiles_per_batch=args.tiles_per_batch,
+            backend=args.backend,
+            model=args.model,
         )
         print(f"{len(content['tiles'])} tiles in {len(content['batches'])} batches")
     elif args.command == "segment-tiles":
         path = pipeline.segment_tiles(
-            args.outdir, args.batch, backend=args.backend, model=args.model, device=args.device,
-            batch_size=args.batch_size, threads=args.threads, force=args.force,
+            args.outdir,
+            args.batch,
+            backend=args.backend,
+            model=args.model,
+            device=args.device,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            force=args.force,
             show_progress=show,
         )
         print(path)
@@ -177,8 +227,9 @@ def _run(args: argparse.Namespace) -> int:
         summary = pipeline.stitch(args.outdir, show_progress=show, force=args.force)
         print(f"{summary['n_cells']} cells -> {summary['labels']}")
     elif args.command == "measure":
-        print(pipeline.measure(args.outdir, labels=args.labels, show_progress=show,
-                               force=args.force))
+        print(
+            pipeline.measure(args.outdir, labels=args.labels, show_progress=show, force=args.force)
+        )
     elif args.command == "synth":
         from cellseg.synth import write_synthetic_scan
 

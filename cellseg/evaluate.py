@@ -12,7 +12,7 @@ from cellseg.metrics import match_instances
 
 
 def read_label_image(path: str | Path) -> np.ndarray:
-    """Read a label image from a file, an OME-Zarr scan (its ``labels/cells``) or a result folder."""
+    """Read a label image: a file, an OME-Zarr scan (its ``labels/cells``) or a result folder."""
     from cellseg.io import open_labels, read_scan
 
     path = Path(path)
@@ -24,7 +24,9 @@ def read_label_image(path: str | Path) -> np.ndarray:
         return np.asarray(open_labels(path, "cells")[...])
     scan = read_scan(path)
     if scan.data.shape[0] != 1:
-        raise InputError(f"{path}: a label image has one channel, this one has {scan.data.shape[0]}")
+        raise InputError(
+            f"{path}: a label image has one channel, this one has {scan.data.shape[0]}"
+        )
     data = np.asarray(scan.data[0].compute())
     if not np.issubdtype(data.dtype, np.integer):
         raise InputError(f"{path}: a label image holds integers, this one holds {data.dtype}")

@@ -50,7 +50,9 @@ def _block_partials(labels: np.ndarray, intensity: np.ndarray, origin: Sequence[
     grids = np.indices(labels.shape, sparse=True)
     for ax, g in enumerate(grids):
         coord = np.broadcast_to(g, labels.shape).ravel()
-        out[f"sum_{ax}"] = np.bincount(flat, weights=coord, minlength=n)[1:] + origin[ax] * counts[1:]
+        out[f"sum_{ax}"] = (
+            np.bincount(flat, weights=coord, minlength=n)[1:] + origin[ax] * counts[1:]
+        )
     out["sum_intensity"] = np.bincount(
         flat, weights=np.asarray(intensity, dtype=np.float64).ravel(), minlength=n
     )[1:]

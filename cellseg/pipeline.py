@@ -161,7 +161,11 @@ def ingest(
     work_dir(outdir).mkdir(parents=True, exist_ok=True)
     log.info(
         "ingest: %s (%s %s, %s µm) -> %s",
-        input_path, scan.axes, "×".join(map(str, spatial)), scan.spacing, outdir / image,
+        input_path,
+        scan.axes,
+        "×".join(map(str, spatial)),
+        scan.spacing,
+        outdir / image,
     )
     write_image(
         outdir / image,
@@ -263,7 +267,10 @@ def plan(
             return old
     atomic_write_json(path, content)
     log.info(
-        "plan: %d tiles of %s px, halo %s px, %d batches", len(tiles), core_shape, halo,
+        "plan: %d tiles of %s px, halo %s px, %d batches",
+        len(tiles),
+        core_shape,
+        halo,
         len(batches),
     )
     return content
@@ -363,7 +370,11 @@ def segment_tiles(
         labels = be.predict(crops, spacing, stats)
         return [
             tile_candidates(
-                lab, t, shape=shape, core_shape=core_shape, halo=content["halo"],
+                lab,
+                t,
+                shape=shape,
+                core_shape=core_shape,
+                halo=content["halo"],
                 margin=content["margin"],
             )
             for lab, t in zip(labels, group)
@@ -435,7 +446,10 @@ def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = Fals
     request = {"plan": content["fingerprint"], "batches": batches}
     if not force and summary_path.exists():
         old = json.loads(summary_path.read_text())
-        if old.get("request") == request and (image_path(outdir, info) / "labels" / "cells").exists():
+        if (
+            old.get("request") == request
+            and (image_path(outdir, info) / "labels" / "cells").exists()
+        ):
             log.info("stitch: %s is up to date", summary_path)
             return old
 
@@ -575,16 +589,28 @@ def segment(
         Paths of the outputs and the number of cells.
     """
     outdir = Path(outdir)
-    info = ingest(input_path, outdir, name=name, pixel_size=pixel_size, channel=channel, force=force)
+    info = ingest(
+        input_path, outdir, name=name, pixel_size=pixel_size, channel=channel, force=force
+    )
     content = plan(
-        outdir, tile_size=tile_size, overlap=overlap, tiles_per_batch=tiles_per_batch,
-        backend=backend, model=model,
+        outdir,
+        tile_size=tile_size,
+        overlap=overlap,
+        tiles_per_batch=tiles_per_batch,
+        backend=backend,
+        model=model,
     )
     bar = progress(total=len(content["tiles"]), desc="segment", enabled=show_progress)
     for b in content["batches"]:
         segment_tiles(
-            outdir, b, device=device, batch_size=batch_size, threads=threads, force=force,
-            show_progress=show_progress, bar=bar,
+            outdir,
+            b,
+            device=device,
+            batch_size=batch_size,
+            threads=threads,
+            force=force,
+            show_progress=show_progress,
+            bar=bar,
         )
     bar.close()
     summary = stitch(outdir, show_progress=show_progress, force=force)

@@ -164,9 +164,7 @@ def plan_tiles(
     counts = [math.ceil(n / c) for n, c in zip(shape, core)]
     tiles = []
     for index, grid in enumerate(itertools.product(*(range(c) for c in counts))):
-        core_box = tuple(
-            (g * c, min((g + 1) * c, n)) for g, c, n in zip(grid, core, shape)
-        )
+        core_box = tuple((g * c, min((g + 1) * c, n)) for g, c, n in zip(grid, core, shape))
         halo_box = tuple(
             (max(a - h, 0), min(b + h, n)) for (a, b), h, n in zip(core_box, halo, shape)
         )

@@ -36,9 +36,19 @@ def disk_scene(shape=(256, 256), spacing=(0.5, 0.5)):
     truth = np.zeros(shape, np.uint32)
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     centres = [
-        (64, 64, 7), (128, 128, 8), (64, 192, 6), (192, 64, 7),  # corners
-        (64, 30, 6), (30, 128, 7), (128, 20, 8), (100, 128, 6), (192, 160, 7),  # seams
-        (20, 20, 6), (100, 100, 5), (225, 230, 6), (250, 10, 6),  # elsewhere, border
+        (64, 64, 7),
+        (128, 128, 8),
+        (64, 192, 6),
+        (192, 64, 7),  # corners
+        (64, 30, 6),
+        (30, 128, 7),
+        (128, 20, 8),
+        (100, 128, 6),
+        (192, 160, 7),  # seams
+        (20, 20, 6),
+        (100, 100, 5),
+        (225, 230, 6),
+        (250, 10, 6),  # elsewhere, border
     ]
     for k, (cy, cx, r) in enumerate(centres, start=1):
         truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k

@@ -26,8 +26,22 @@ def segmented2d(scan2d_file, tmp_path_factory):
     """The same scan segmented with 64-px tiles and as one tile."""
     out = tmp_path_factory.mktemp("seg2d")
     img, _ = scan2d_file
-    assert main(["-q", "segment", str(img), "-o", str(out / "tiled"), "--tile-size", "64",
-                 "--tiles-per-batch", "5"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "segment",
+                str(img),
+                "-o",
+                str(out / "tiled"),
+                "--tile-size",
+                "64",
+                "--tiles-per-batch",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert main(["-q", "segment", str(img), "-o", str(out / "one"), "--tile-size", "4096"]) == 0
     return out
 
@@ -75,8 +89,17 @@ def test_ids_identical_across_runs(segmented2d, scan2d_file, tmp_path):
 
 def test_rerun_resumes_after_lost_outputs(scan2d_file, tmp_path):
     img, _ = scan2d_file
-    args = ["-q", "segment", str(img), "-o", str(tmp_path), "--tile-size", "64",
-            "--tiles-per-batch", "4"]
+    args = [
+        "-q",
+        "segment",
+        str(img),
+        "-o",
+        str(tmp_path),
+        "--tile-size",
+        "64",
+        "--tiles-per-batch",
+        "4",
+    ]
     assert main(args) == 0
     before = _labels(tmp_path)
     table = (tmp_path / "cells.parquet").read_bytes()
@@ -106,8 +129,11 @@ def test_stage_commands_equal_segment(scan2d_file, segmented2d, tmp_path):
 
 def test_3d_with_pixel_size_override(tmp_path):
     img, truth = write_synthetic_scan(
-        tmp_path / "stack.ome.tif", tmp_path / "stack_labels.tif", shape=(16, 96, 96),
-        spacing=(1.0, 1.0, 1.0), seed=3,
+        tmp_path / "stack.ome.tif",
+        tmp_path / "stack_labels.tif",
+        shape=(16, 96, 96),
+        spacing=(1.0, 1.0, 1.0),
+        seed=3,
     )
     out_t, out_1 = tmp_path / "tiled", tmp_path / "one"
     common = ["-q", "segment", str(img), "--pixel-size", "2", "0.5", "0.5"]
@@ -161,12 +187,15 @@ def test_bad_inputs_give_one_clear_error(tmp_path, capsys, scan2d_file):
     err = _error(capsys, ["segment", str(img), "-o", str(tmp_path / "o5"), "--channel", "GFP"])
     assert img.name in err and "GFP" in err
 
-    err = _error(capsys, ["segment", str(img), "-o", str(tmp_path / "o6"), "--pixel-size", "1",
-                          "1", "1"])
+    err = _error(
+        capsys, ["segment", str(img), "-o", str(tmp_path / "o6"), "--pixel-size", "1", "1", "1"]
+    )
     assert img.name in err
 
-    err = _error(capsys, ["segment", str(img), "-o", str(tmp_path / "o7"), "--tile-size", "64",
-                          "--overlap", "2"])
+    err = _error(
+        capsys,
+        ["segment", str(img), "-o", str(tmp_path / "o7"), "--tile-size", "64", "--overlap", "2"],
+    )
     assert "--overlap" in err
 
     # nothing of the input was modified
