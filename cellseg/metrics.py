@@ -57,23 +57,10 @@ def match_instances(gt: np.ndarray, pred: np.ndarray, threshold: float = 0.5) ->
     >>> r = match_instances(a, b); (r["tp"], r["fp"], r["fn"])
     (1, 1, 1)
     """
-    from scipy.optimize import linear_sum_assignment
-    from scipy.sparse import coo_matrix
-
     gt_ids, pr_ids, pairs, iou = iou_table(gt, pred)
     ok = iou >= threshold
-    tp, matched_iou = 0, 0.0
-    if ok.any():
-        if threshold > 0.5:
-            # above 0.5 every instance has at most one candidate: no assignment needed
-            tp, matched_iou = int(ok.sum()), float(iou[ok].sum())
-        else:
-            m = coo_matrix(
-                (iou[ok], (pairs[ok, 0], pairs[ok, 1])), shape=(len(gt_ids), len(pr_ids))
-            ).toarray()
-            rows, cols = linear_sum_assignment(-m)
-            hit = m[rows, cols] >= threshold
-            tp, matched_iou = int(hit.sum()), float(m[rows, cols][hit].sum())
+    rows, cols, vals = _optimal_matching(pairs[ok, 0], pairs[ok, 1], iou[ok])
+    tp, matched_iou = len(rows), float(vals.sum())
     n_true, n_pred = len(gt_ids), len(pr_ids)
     fp, fn = n_pred - tp, n_true - tp
     return {
@@ -89,6 +76,43 @@ def match_instances(gt: np.ndarray, pred: np.ndarray, threshold: float = 0.5) ->
         "ap": tp / (tp + fp + fn) if (tp + fp + fn) else 1.0,
         "mean_matched_iou": matched_iou / tp if tp else 0.0,
     }
+
+
+def _optimal_matching(gi: np.ndarray, pi: np.ndarray, iou: np.ndarray):
+    """Maximum-IoU one-to-one matching of candidate pairs.
+
+    Pairs split into connected groups (instances linked by candidate pairs);
+    each group is solved with the Hungarian algorithm, so memory follows the
+    largest group, not the number of instances. Above IoU 0.5 every group is a
+    single pair.
+    """
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if gi.size == 0:
+        return gi, pi, np.zeros(0)
+    ug, g_inv = np.unique(gi, return_inverse=True)
+    up, p_inv = np.unique(pi, return_inverse=True)
+    n = len(ug) + len(up)
+    graph = coo_matrix((np.ones(gi.size), (g_inv, len(ug) + p_inv)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    pair_comp = comp[g_inv]
+    rows, cols, vals = [], [], []
+    order = np.argsort(pair_comp, kind="stable")
+    bounds = np.flatnonzero(np.diff(pair_comp[order])) + 1
+    for idx in np.split(order, bounds):
+        if idx.size == 1:
+            rows.append(gi[idx]), cols.append(pi[idx]), vals.append(iou[idx])
+            continue
+        rg, rg_inv = np.unique(gi[idx], return_inverse=True)
+        rp, rp_inv = np.unique(pi[idx], return_inverse=True)
+        m = np.zeros((len(rg), len(rp)))
+        m[rg_inv, rp_inv] = iou[idx]
+        r, c = linear_sum_assignment(-m)
+        hit = m[r, c] > 0
+        rows.append(rg[r[hit]]), cols.append(rp[c[hit]]), vals.append(m[r, c][hit])
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
 
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
