@@ -147,20 +147,147 @@ class ClassicalBackend:
         return labels
 
 
-BACKENDS = {"classical": ClassicalBackend}
+class ModelBackend:
+    """A trained MONAI network (see :mod:`cellseg.model`) run on batches of tiles.
+
+    Parameters
+    ----------
+    model : str or path, optional
+        A shipped model name or a model folder; default the shipped model for the
+        scan's dimensionality (``nuclei2d`` / ``nuclei3d``).
+    device : {"auto", "cpu", "cuda"}
+        ``auto`` picks CUDA when a GPU is visible. On CUDA the forward pass runs in
+        mixed precision.
+    diameter_um : float, optional
+        Typical nucleus diameter of the scan in µm. Crops are rescaled in-plane so
+        nuclei have the model's typical size in pixels, and labels are mapped back
+        to the scan's grid; default: no rescaling (the models are trained on a wide
+        range of nucleus sizes).
+    """
+
+    name = "model"
+    per_tile_cpu = False
+
+    def __init__(self, model=None, device: str = "auto", diameter_um: float | None = None):
+        self.model = model
+        self.device = device
+        self.diameter_um = diameter_um
+        self._specs: dict[int, dict] = {}
+
+    def spec(self, ndim: int) -> dict:
+        """Metadata of the model used for ``ndim`` spatial axes."""
+        from cellseg.model import read_spec, resolve_model_path
+
+        if ndim not in self._specs:
+            path = resolve_model_path(self.model, ndim)
+            spec = read_spec(path)
+            if int(spec["spatial_dims"]) != ndim:
+                raise ConfigError(
+                    f"model {path} is a {spec['spatial_dims']}D model but the scan is {ndim}D; "
+                    f"use a {ndim}D model (--model nuclei{ndim}d)."
+                )
+            spec["path"] = str(path)
+            self._specs[ndim] = spec
+        return self._specs[ndim]
+
+    def scale(self, spacing: Sequence[float]) -> tuple[float, ...]:
+        """Zoom per axis from the scan's grid to the model's grid (1 = no resampling).
+
+        The models are trained on nuclei of a wide range of sizes in pixels, so by
+        default crops are not resampled. With ``diameter_um``, the in-plane axes
+        are zoomed so that nuclei have the model's typical diameter in pixels.
+        """
+        if not self.diameter_um:
+            return (1.0,) * len(spacing)
+        spec = self.spec(len(spacing))
+        typical = float(spec.get("diameter_px", 24.0))
+        zoom = [typical / (float(self.diameter_um) / float(s)) for s in spacing]
+        if len(spacing) == 3:
+            zoom[0] = 1.0
+        # small differences are within what the model was trained on
+        return tuple(1.0 if 0.8 <= z <= 1.25 else z for z in zoom)
+
+    def max_diameter_um(self) -> float:  # noqa: D102
+        return float(self._any_spec().get("max_diameter_um", 20.0))
+
+    def _any_spec(self) -> dict:
+        return next(iter(self._specs.values())) if self._specs else self.spec(2)
+
+    def margin_px(self, spacing: Sequence[float]) -> tuple[int, ...]:  # noqa: D102
+        spec = self.spec(len(spacing))
+        ctx = spec.get("context_px", [32] * len(spacing))
+        zoom = self.scale(spacing)
+        return tuple(int(math.ceil(c / z)) for c, z in zip(ctx, zoom))
+
+    def alignment(self, spacing: Sequence[float]) -> tuple[int, ...]:
+        """Crops start at multiples of these (the network's total stride) when not rescaled."""
+        from cellseg.model import alignment
+
+        spec = self.spec(len(spacing))
+        if any(z != 1.0 for z in self.scale(spacing)):
+            return (1,) * len(spacing)
+        return alignment(spec)
+
+    def predict(self, crops, spacing, stats):  # noqa: D102
+        from scipy import ndimage as ndi
+
+        from cellseg.model import load_model, predict_maps, resolve_device, targets_to_labels
+
+        nd = len(spacing)
+        spec = self.spec(nd)
+        device = resolve_device(self.device)
+        net, _ = load_model(spec["path"], device)
+        zoom = self.scale(spacing)
+        if any(z != 1.0 for z in zoom):
+            inputs = [ndi.zoom(c, zoom, order=1, mode="nearest") for c in crops]
+        else:
+            inputs = list(crops)
+        maps = predict_maps(net, inputs, spec, device)
+        post = spec.get("postprocess", {})
+        out = []
+        for (fg, centre), crop in zip(maps, crops):
+            lab = targets_to_labels(fg, centre, **post)
+            if lab.shape != crop.shape:
+                lab = _resize_labels(lab, crop.shape)
+            out.append(lab)
+        return out
+
+
+def _resize_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour resampling of a label image onto ``shape`` (same field of view)."""
+    idx = [
+        np.minimum((np.arange(n) + 0.5) * labels.shape[a] / n, labels.shape[a] - 1).astype(int)
+        for a, n in enumerate(shape)
+    ]
+    return labels[np.ix_(*idx)]
+
+
+BACKENDS = {"classical": ClassicalBackend, "model": ModelBackend}
+DEFAULT_BACKEND = "classical"
 
 
 def get_backend(name: str | None = None, model: str | None = None, **options) -> Backend:
-    """Build a backend by name.
+    """Build a backend by name (default :data:`DEFAULT_BACKEND`).
 
     Raises
     ------
     ConfigError
-        For an unknown backend name.
+        For an unknown backend name, or a model given to a backend without models.
     """
-    name = name or "classical"
+    name = name or DEFAULT_BACKEND
     if name not in BACKENDS:
         raise ConfigError(
             f"unknown backend {name!r}; choose one of: {', '.join(sorted(BACKENDS))}."
         )
+    if name == "model":
+        return ModelBackend(model=model, **options)
+    if model is not None:
+        raise ConfigError(f"the {name} backend takes no model; use --backend model.")
+    options.pop("device", None)
     return BACKENDS[name](**options)
+
+
+def backend_alignment(backend: Backend, spacing: Sequence[float]) -> tuple[int, ...]:
+    """Per-axis alignment a backend needs of its crops (1 when it has none)."""
+    fn = getattr(backend, "alignment", None)
+    return tuple(fn(spacing)) if fn else (1,) * len(spacing)

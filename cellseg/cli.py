@@ -37,6 +37,16 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_diameter(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--diameter",
+        type=float,
+        metavar="UM",
+        help="typical nucleus diameter in µm, for the model backend (default: from the "
+        "pixel size and the model's training size)",
+    )
+
+
 def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tile-size",
@@ -66,10 +76,12 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
 def _add_backend_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     p.add_argument(
         "--backend",
-        default="classical" if defaults else None,
-        help="segmentation backend (default classical)",
+        help="segmentation backend: model (a trained network, the default) or classical"
+        + ("" if defaults else "; default: the plan's"),
     )
-    p.add_argument("--model", metavar="NAME|PATH", help="model name or folder for model backends")
+    p.add_argument(
+        "--model", metavar="NAME|PATH", help="shipped model name or model folder (backend model)"
+    )
     p.add_argument(
         "--device",
         default="auto",
@@ -114,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scan_options(p)
     _add_plan_options(p)
     _add_backend_options(p)
+    _add_diameter(p)
 
     p = sub.add_parser("ingest", help="copy a scan into OUTDIR/<name>.ome.zarr, compute stats")
     p.add_argument("input", type=Path)
@@ -125,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="write the tile plan OUTDIR/work/tiles.json")
     p.add_argument("outdir", type=Path)
     _add_plan_options(p)
-    p.add_argument("--backend", default="classical")
+    p.add_argument("--backend", help="segmentation backend (default model)")
     p.add_argument("--model", metavar="NAME|PATH")
+    _add_diameter(p)
 
     p = sub.add_parser("segment-tiles", help="segment one batch of tiles")
     p.add_argument("outdir", type=Path)
@@ -142,6 +156,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outdir", type=Path)
     p.add_argument("--labels", default="cells", help="label image name (default cells)")
     p.add_argument("--force", action="store_true")
+    p.add_argument(
+        "--threads", type=int, metavar="N", help="chunks measured at once (default: all cores)"
+    )
+    p.add_argument(
+        "--ring-width",
+        type=float,
+        metavar="UM",
+        help="width in µm of the ring around each cell for background intensities (default 2)",
+    )
+    p.add_argument(
+        "--neighbor-radius",
+        type=float,
+        metavar="UM",
+        help="radius in µm within which n_neighbors counts other cells (default 20)",
+    )
+
+    p = sub.add_parser("report", help="write the QC report OUTDIR/report.html")
+    p.add_argument("outdirs", type=Path, nargs="+", metavar="OUTDIR", help="scan output folder(s)")
+    p.add_argument(
+        "--run",
+        action="store_true",
+        help="write one report for a run over all the given scans (to -o)",
+    )
+    p.add_argument("-o", "--output", type=Path, help="the run report's path (with --run)")
+    p.add_argument("--table", type=Path, help="the run's combined table, linked (with --run)")
+
+    p = sub.add_parser(
+        "export", help="export cell tables to CSV or AnnData, or join them into one table"
+    )
+    p.add_argument(
+        "inputs", type=Path, nargs="+", metavar="TABLE", help="cells.parquet files or OUTDIRs"
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, help="output file (default: beside the first table)"
+    )
+    p.add_argument(
+        "--format",
+        choices=["csv", "anndata", "parquet"],
+        help="csv, anndata (.h5ad) or parquet (default: from the output's suffix, else csv); "
+        "several tables are joined with a scan column",
+    )
+
+    p = sub.add_parser(
+        "export-training",
+        help="write the corrected regions as training data (image/label TIFF pairs + index.json)",
+    )
+    p.add_argument("outdir", type=Path, help="a result folder (or its .ome.zarr) with corrections")
+    p.add_argument("-o", "--dest", type=Path, help="training data folder (default OUTDIR/training)")
+    p.add_argument(
+        "--pad", type=int, default=0, metavar="N", help="pixels of context around each region"
+    )
 
     p = sub.add_parser("synth", help="write a synthetic scan and its ground-truth labels")
     p.add_argument("output", type=Path, help="image path (.ome.tif)")
@@ -156,10 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("train", help="train or fine-tune a model from a YAML config")
+    p.add_argument("config", type=Path, help="training config (see cellseg.train)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
     p = sub.add_parser("evaluate", help="instance matching of a prediction against truth")
     p.add_argument("gt", type=Path, help="ground-truth label image")
     p.add_argument("pred", type=Path, help="predicted label image (or a result folder)")
-    p.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.75])
+    p.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        metavar="IOU",
+        help="IoU thresholds (default 0.5 0.55 ... 0.95)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
@@ -178,6 +253,7 @@ def _run(args: argparse.Namespace) -> int:
             channel=args.channel,
             backend=args.backend,
             model=args.model,
+            diameter=args.diameter,
             device=args.device,
             batch_size=args.batch_size,
             tiles_per_batch=args.tiles_per_batch,
@@ -190,6 +266,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"image:  {out['image']}")
         print(f"labels: {out['labels']}")
         print(f"table:  {out['table']}")
+        print(f"report: {out['report']}")
     elif args.command == "ingest":
         info = pipeline.ingest(
             args.input,
@@ -208,6 +285,7 @@ def _run(args: argparse.Namespace) -> int:
             tiles_per_batch=args.tiles_per_batch,
             backend=args.backend,
             model=args.model,
+            diameter=args.diameter,
         )
         print(f"{len(content['tiles'])} tiles in {len(content['batches'])} batches")
     elif args.command == "segment-tiles":
@@ -228,8 +306,39 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{summary['n_cells']} cells -> {summary['labels']}")
     elif args.command == "measure":
         print(
-            pipeline.measure(args.outdir, labels=args.labels, show_progress=show, force=args.force)
+            pipeline.measure(
+                args.outdir,
+                labels=args.labels,
+                threads=args.threads,
+                ring_width_um=args.ring_width,
+                neighbor_radius_um=args.neighbor_radius,
+                show_progress=show,
+                force=args.force,
+            )
         )
+    elif args.command == "report":
+        if args.run:
+            from cellseg.report import write_run_report
+
+            if args.output is None:
+                raise CellsegError("--run needs -o/--output, e.g. -o results/report.html")
+            print(write_run_report(args.outdirs, args.output, table=args.table))
+        else:
+            if args.output is not None or len(args.outdirs) > 1:
+                raise CellsegError(
+                    "a scan's report is written to OUTDIR/report.html; give one OUTDIR, "
+                    "or --run -o FILE for a report over several scans"
+                )
+            print(pipeline.report(args.outdirs[0]))
+    elif args.command == "export":
+        from cellseg.export import export_tables
+
+        print(export_tables(args.inputs, args.output, fmt=args.format))
+    elif args.command == "export-training":
+        from cellseg.training_data import export_training, read_training_index
+
+        index = export_training(args.outdir, args.dest, pad=args.pad)
+        print(f"{len(read_training_index(index.parent)['samples'])} samples -> {index}")
     elif args.command == "synth":
         from cellseg.synth import write_synthetic_scan
 
@@ -243,11 +352,19 @@ def _run(args: argparse.Namespace) -> int:
         img, lab = write_synthetic_scan(args.output, labels, shape=shape, seed=args.seed, **kwargs)
         print(img)
         print(lab)
+    elif args.command == "train":
+        from cellseg.train import train
+
+        summary = train(args.config, device=args.device, show_progress=show)
+        print(f"best validation AP50 {summary['best_val_ap50']:.3f} -> {summary['out']}")
     elif args.command == "evaluate":
         from cellseg.evaluate import evaluate_paths, format_table
+        from cellseg.metrics import DEFAULT_THRESHOLDS
 
-        rows = evaluate_paths(args.gt, args.pred, thresholds=args.thresholds)
-        print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+        result = evaluate_paths(
+            args.gt, args.pred, thresholds=args.thresholds or DEFAULT_THRESHOLDS
+        )
+        print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cellseg.errors import InputError
-from cellseg.metrics import match_instances
+from cellseg.metrics import DEFAULT_THRESHOLDS, error_counts, match_instances
 
 
 def read_label_image(path: str | Path) -> np.ndarray:
@@ -33,21 +33,41 @@ def read_label_image(path: str | Path) -> np.ndarray:
     return data
 
 
-def evaluate_paths(gt: str | Path, pred: str | Path, thresholds: Sequence[float] = (0.5,)):
-    """Match the labels in ``pred`` against those in ``gt`` at each IoU threshold."""
+def evaluate_arrays(
+    gt: np.ndarray, pred: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+) -> dict:
+    """All metrics of a prediction: per-threshold matching, mean AP and error counts."""
+    rows = [match_instances(gt, pred, t) for t in thresholds]
+    return {
+        "thresholds": rows,
+        "mean_ap": float(np.mean([r["ap"] for r in rows])) if rows else 0.0,
+        "errors": error_counts(gt, pred),
+    }
+
+
+def evaluate_paths(
+    gt: str | Path, pred: str | Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+) -> dict:
+    """Match the labels in ``pred`` against those in ``gt``; see :func:`evaluate_arrays`."""
     g = read_label_image(gt)
     p = read_label_image(pred)
     if g.shape != p.shape:
         raise InputError(f"{gt} has shape {g.shape} but {pred} has shape {p.shape}")
-    return [match_instances(g, p, t) for t in thresholds]
+    return evaluate_arrays(g, p, thresholds)
 
 
-def format_table(rows: list[dict]) -> str:
-    """A readable table of :func:`cellseg.metrics.match_instances` results."""
+def format_table(result: dict) -> str:
+    """A readable table of :func:`evaluate_arrays` results."""
     cols = ["threshold", "tp", "fp", "fn", "precision", "recall", "f1", "ap", "mean_matched_iou"]
-    lines = ["  ".join(f"{c:>9}" for c in cols)]
-    for r in rows:
+    lines = ["  ".join(f"{c:>9}" for c in cols[:-1]) + "  mean_matched_iou"]
+    for r in result["thresholds"]:
         lines.append(
             "  ".join(f"{r[c]:>9.3f}" if isinstance(r[c], float) else f"{r[c]:>9}" for c in cols)
         )
+    e = result["errors"]
+    lines.append(
+        f"mean AP {result['mean_ap']:.3f}  panoptic quality {e['panoptic_quality']:.3f}  "
+        f"missed {e['missed']}  merged {e['merged']}  split {e['split']}  "
+        f"spurious {e['spurious']}"
+    )
     return "\n".join(lines)

@@ -164,7 +164,10 @@ def default_spec(spatial_dims: int) -> dict:
         "normalisation": "scan-level percentiles: (x - p1) / (p99.8 - p1)",
         "pixel_size_um": spacing,
         "diameter_um": 8.0,
-        "max_diameter_um": 20.0,
+        "diameter_px": 24.0 if spatial_dims == 2 else 20.0,
+        "diameter_px_range": [8.0, 64.0] if spatial_dims == 2 else [8.0, 40.0],
+        "max_diameter_um": 26.0,
+        "context_px": [32] * spatial_dims if spatial_dims == 2 else [8, 32, 32],
         "postprocess": {"fg_threshold": 0.5, "seed_threshold": 0.5, "min_size": 8},
     }
 

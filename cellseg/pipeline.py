@@ -114,6 +114,31 @@ def image_path(outdir: Path, info: dict) -> Path:
     return Path(outdir) / info["image"]
 
 
+def record_seconds(outdir: Path, stage: str, seconds: float) -> None:
+    """Write a stage's run time to ``work/times/<stage>.json`` (for the QC report).
+
+    One file per stage (per batch for ``segment_tiles-<batch>``), so parallel
+    jobs never write the same file. A stage skipped as up to date keeps its time.
+    """
+    from cellseg.io import atomic_write_json
+
+    path = work_dir(outdir) / "times" / f"{stage}.json"
+    atomic_write_json(path, {"stage": stage, "seconds": round(float(seconds), 3)})
+
+
+def stage_seconds(outdir: Path) -> dict[str, float]:
+    """Run time per stage from ``work/times/`` (batches of a stage added up)."""
+    total: dict[str, float] = {}
+    for path in sorted((work_dir(outdir) / "times").glob("*.json")):
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        stage = str(entry.get("stage", path.stem)).split("-")[0]
+        total[stage] = total.get(stage, 0.0) + float(entry.get("seconds", 0.0))
+    return total
+
+
 # ----------------------------------------------------------------------------- ingest
 def ingest(
     input_path: str | Path,
@@ -149,6 +174,7 @@ def ingest(
     from cellseg.io import atomic_write_json, channel_index, read_scan, write_image
     from cellseg.normalize import compute_scan_stats
 
+    t_start = time.perf_counter()
     input_path = Path(input_path)
     outdir = Path(outdir)
     name = name or scan_name(input_path)
@@ -218,6 +244,7 @@ def ingest(
         | {"source": source["path"]},
     )
     atomic_write_json(info_path, info)
+    record_seconds(outdir, "ingest", time.perf_counter() - t_start)
     return info
 
 
@@ -239,6 +266,7 @@ def plan(
     tiles_per_batch: int = 16,
     backend: str | None = None,
     model: str | None = None,
+    diameter: float | None = None,
 ) -> dict:
     """Write the tile plan ``work/tiles.json``.
 
@@ -255,35 +283,30 @@ def plan(
         Tiles per batch (one segment job of the workflow).
     backend, model : str, optional
         Segmentation backend and model (see :func:`cellseg.backends.get_backend`).
+    diameter : float, optional
+        Typical nucleus diameter of the scan in µm, for model backends (crops are
+        rescaled to the model's training size); default from the pixel size.
 
     Returns
     -------
     dict
         The plan.
     """
-    from cellseg.backends import default_halo_px, get_backend
+    from cellseg.backends import get_backend
     from cellseg.io import atomic_write_json
-    from cellseg.tiling import batch_tiles, halo_widths, plan_tiles, tile_shape
+    from cellseg.tiling import batch_tiles, plan_tiles
 
+    t_start = time.perf_counter()
     outdir = Path(outdir)
     info = read_json(work_dir(outdir) / "ingest.json", "ingest")
     spacing = info["spacing"]
-    be = get_backend(backend, model)
-    margin = [int(m) for m in be.margin_px(spacing)]
-    overlap_px = default_halo_px(be, spacing) if overlap is None else int(overlap)
-    halo = list(halo_widths(overlap_px, spacing))
     shape = info["shape"]
-    for ax, (h, m, n) in enumerate(zip(halo, margin, shape)):
-        if h <= m and n > tile_shape(shape, tile_size)[ax]:
-            finest = min(spacing)
-            need = math.ceil((m + 1) * spacing[ax] / finest)
-            raise ConfigError(
-                f"overlap {overlap_px} px is too small for the {be.name} backend on "
-                f"{outdir}: it needs more than {m} px of context along axis "
-                f"{info['axes'][ax]}; use --overlap {need} or more (default: automatic)."
-            )
-    tiles = plan_tiles(shape, tile_size, halo)
-    core_shape = list(tile_shape(shape, tile_size))
+    options = {"diameter_um": diameter} if diameter else {}
+    be = get_backend(backend, model, **options)
+    core_shape, halo, margin, overlap_px = tile_geometry(
+        shape, spacing, be, tile_size, overlap, source=str(outdir), axes=info["axes"]
+    )
+    tiles = plan_tiles(shape, core_shape, halo)
     batches = batch_tiles(len(tiles), tiles_per_batch)
     content = {
         "shape": shape,
@@ -293,7 +316,7 @@ def plan(
         "overlap_px": overlap_px,
         "halo": halo,
         "margin": margin,
-        "backend": {"name": be.name, "model": model},
+        "backend": {"name": be.name, "model": model, "options": options},
         "stats_fingerprint": fingerprint(info["stats"]),
         "tiles": [t.to_dict() for t in tiles],
         "batch_tiles": batches,
@@ -306,6 +329,7 @@ def plan(
         if old.get("fingerprint") == content["fingerprint"]:
             return old
     atomic_write_json(path, content)
+    record_seconds(outdir, "plan", time.perf_counter() - t_start)
     log.info(
         "plan: %d tiles of %s px, halo %s px, %d batches",
         len(tiles),
@@ -314,6 +338,51 @@ def plan(
         len(batches),
     )
     return content
+
+
+def tile_geometry(
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    backend,
+    tile_size: int | Sequence[int],
+    overlap: int | None,
+    *,
+    source: str = "scan",
+    axes: str | None = None,
+) -> tuple[list[int], list[int], list[int], int]:
+    """Core shape, halo and margin (per axis) of a scan's tiles for a backend.
+
+    The halo is ``overlap`` pixels of the finest axis (default: the backend's
+    largest cell plus its margin) and must exceed the backend's margin. For
+    backends that need aligned crops (strided networks), core and halo are
+    rounded up to multiples of the alignment.
+
+    Returns
+    -------
+    core_shape, halo, margin : list of int
+    overlap_px : int
+    """
+    from cellseg.backends import backend_alignment, default_halo_px
+    from cellseg.tiling import halo_widths, per_axis, tile_shape
+
+    axes = axes or "zyx"[-len(shape) :]
+    margin = [int(m) for m in backend.margin_px(spacing)]
+    align = backend_alignment(backend, spacing)
+    sizes = [int(v) for v in per_axis(tile_size, len(shape), "tile size")]
+    sizes = [int(math.ceil(s / a) * a) for s, a in zip(sizes, align)]
+    core_shape = list(tile_shape(shape, sizes))
+    overlap_px = default_halo_px(backend, spacing) if overlap is None else int(overlap)
+    halo = [int(math.ceil(h / a) * a) for h, a in zip(halo_widths(overlap_px, spacing), align)]
+    for ax, (h, m, n) in enumerate(zip(halo, margin, shape)):
+        if h <= m and n > core_shape[ax]:
+            finest = min(spacing)
+            need = math.ceil((m + 1) * spacing[ax] / finest)
+            raise ConfigError(
+                f"overlap {overlap_px} px is too small for the {backend.name} backend on "
+                f"{source}: it needs more than {m} px of context along axis "
+                f"{axes[ax]}; use --overlap {need} or more (default: automatic)."
+            )
+    return core_shape, halo, margin, overlap_px
 
 
 def load_plan(outdir: Path):
@@ -372,6 +441,7 @@ def segment_tiles(
     from cellseg.normalize import normalize
     from cellseg.segment import Candidates, tile_candidates
 
+    t_start = time.perf_counter()
     outdir = Path(outdir)
     info = read_json(work_dir(outdir) / "ingest.json", "ingest")
     content, tiles = load_plan(outdir)
@@ -395,7 +465,10 @@ def segment_tiles(
             f"the plan of {outdir} was made for backend {content['backend']['name']!r}, "
             f"not {name!r}; rerun `cellseg plan` with --backend {name}."
         )
-    be = get_backend(name, model)
+    options = dict(content["backend"].get("options", {}))
+    if name == "model":
+        options["device"] = device
+    be = get_backend(name, model, **options)
     spacing = content["spacing"]
     stats = info["stats"]
     image = open_image(image_path(outdir, info)).data[info["channel"]]
@@ -438,6 +511,7 @@ def segment_tiles(
         bar.close()
     cands = Candidates.concat(parts, len(shape))
     cands.save(out, plan=content["fingerprint"], tiles=np.array([t.index for t in todo]))
+    record_seconds(outdir, f"segment_tiles-{batch}", time.perf_counter() - t_start)
     return out
 
 
@@ -536,6 +610,7 @@ def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = Fals
         "request": request,
     }
     atomic_write_json(summary_path, summary)
+    record_seconds(outdir, "stitch", summary["seconds"])
     log.info("stitch: %d cells -> %s", n_cells, img / "labels" / "cells")
     return summary
 
@@ -545,24 +620,55 @@ def measure(
     outdir: str | Path,
     *,
     labels: str = "cells",
+    threads: int | None = None,
+    ring_width_um: float | None = None,
+    neighbor_radius_um: float | None = None,
     show_progress: bool = True,
     force: bool = False,
 ) -> Path:
-    """Write ``OUTDIR/cells.parquet`` from the label image and the scan.
+    """Write the cell table of label image `labels` from the labels and the scan.
+
+    Every channel of the scan is measured (see :mod:`cellseg.measure`);
+    `threads` chunks at a time (default all cores). `ring_width_um` and
+    `neighbor_radius_um` default to :data:`cellseg.measure.DEFAULT_RING_WIDTH_UM`
+    and :data:`cellseg.measure.DEFAULT_NEIGHBOR_RADIUS_UM`. The Parquet
+    metadata documents every column and records the scan, the config, the
+    model and the version that produced the table.
+
+    ``cells`` gives ``OUTDIR/cells.parquet``; another label image gives
+    ``OUTDIR/<labels>.parquet`` (:func:`cellseg.corrections.table_path`). For
+    ``cells_corrected`` only the cells touched by edits since the previous
+    table are measured again (:func:`cellseg.corrections.remeasure`). The
+    table's metadata names the label image it came from (``cellseg.labels``).
 
     Returns
     -------
     Path
         The table's path.
     """
+    from cellseg import measure as m
+    from cellseg.corrections import measure_base, remeasure, table_path
     from cellseg.io import open_image, open_labels
-    from cellseg.measure import measure_cells, write_table
 
+    t_start = time.perf_counter()
+    ring_width_um = m.DEFAULT_RING_WIDTH_UM if ring_width_um is None else float(ring_width_um)
+    if neighbor_radius_um is None:
+        neighbor_radius_um = m.DEFAULT_NEIGHBOR_RADIUS_UM
+    neighbor_radius_um = float(neighbor_radius_um)
     outdir = Path(outdir)
     info = read_json(work_dir(outdir) / "ingest.json", "ingest")
     stitch_info = read_json(work_dir(outdir) / "stitch.json", "stitch")
-    out = outdir / "cells.parquet"
-    request = {"stitch": fingerprint(stitch_info["request"]), "labels": labels}
+    out = table_path(outdir, labels)
+    request = {
+        "stitch": fingerprint(stitch_info["request"]),
+        "labels": labels,
+        "table_version": m.TABLE_VERSION,
+        "ring_width_um": ring_width_um,
+        "neighbor_radius_um": neighbor_radius_um,
+    }
+    img = image_path(outdir, info)
+    base = measure_base(outdir, img, labels, request["stitch"])
+    request.update(base.get("request", {}))
     if not force and out.exists():
         import pyarrow.parquet as pq
 
@@ -570,18 +676,41 @@ def measure(
         if meta.get(b"cellseg.request") == json.dumps(request, sort_keys=True).encode():
             log.info("measure: %s is up to date", out)
             return out
-    img = image_path(outdir, info)
     label_image = open_labels(img, labels)
-    intensity = open_image(img).data[info["channel"]]
-    table = measure_cells(
-        label_image,
-        intensity,
-        spacing=info["spacing"],
-        axes=info["axes"],
-        chunks=label_image.chunks,
-        show_progress=show_progress,
-    )
-    write_table(
+    scan = open_image(img)
+    names = list(info.get("channel_names") or scan.channel_names)
+    options = {
+        "spacing": info["spacing"],
+        "axes": info["axes"],
+        "channel_names": names,
+        "ring_width_um": ring_width_um,
+        "neighbor_radius_um": neighbor_radius_um,
+    }
+    if base.get("previous") is not None:
+        table = remeasure(base["previous"], label_image, scan.data, base["edits"], **options)
+    else:
+        table = m.measure_cells(
+            label_image,
+            scan.data,
+            **options,
+            chunks=label_image.chunks,
+            threads=threads,
+            show_progress=show_progress,
+        )
+    keys = m.channel_keys(names)
+    content = read_json(work_dir(outdir) / "tiles.json", "plan")
+    config = {
+        "pixel_size_um": info["spacing"],
+        "pixel_size_source": info.get("spacing_source"),
+        "nuclear_channel": info["channel"],
+        "tile_core_px": content.get("core_shape"),
+        "halo_px": content.get("halo"),
+        "overlap_px": content.get("overlap_px"),
+        "n_tiles": len(content.get("tiles", [])),
+        "ring_width_um": ring_width_um,
+        "neighbor_radius_um": neighbor_radius_um,
+    }
+    m.write_table(
         table,
         out,
         metadata={
@@ -591,10 +720,44 @@ def measure(
             "cellseg.labels": labels,
             "cellseg.spacing_um": json.dumps(info["spacing"]),
             "cellseg.axes": info["axes"],
+            "cellseg.shape": json.dumps(info["shape"]),
             "cellseg.version": __version__,
+            "cellseg.table_version": str(m.TABLE_VERSION),
+            "cellseg.channels": json.dumps(
+                [{"key": k, "name": n, "index": i} for i, (k, n) in enumerate(zip(keys, names))]
+            ),
+            "cellseg.config": json.dumps(config, sort_keys=True),
+            "cellseg.model": json.dumps(content.get("backend", {}), sort_keys=True),
+            **base.get("metadata", {}),
         },
+        columns=m.column_schema(
+            info["axes"],
+            keys,
+            ring_width_um=ring_width_um,
+            neighbor_radius_um=neighbor_radius_um,
+        ),
     )
+    if labels == "cells":
+        record_seconds(outdir, "measure", time.perf_counter() - t_start)
     log.info("measure: %d cells -> %s", len(table), out)
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+def report(outdir: str | Path) -> Path:
+    """Write the scan's QC report ``OUTDIR/report.html`` (see :mod:`cellseg.report`).
+
+    The report is cheap next to the other stages and is always rewritten.
+
+    Returns
+    -------
+    Path
+        The report's path.
+    """
+    from cellseg.report import write_report
+
+    out = write_report(outdir)
+    log.info("report: %s", out)
     return out
 
 
@@ -609,6 +772,7 @@ def segment(
     channel: int | str | None = None,
     backend: str | None = None,
     model: str | None = None,
+    diameter: float | None = None,
     device: str = "auto",
     batch_size: int = 4,
     tiles_per_batch: int = 16,
@@ -619,9 +783,10 @@ def segment(
 ) -> dict:
     """Run every stage for one scan in this process.
 
-    Writes ``OUTDIR/<name>.ome.zarr`` (image and ``labels/cells``) and
-    ``OUTDIR/cells.parquet``. Stages already done for the same inputs are
-    skipped, so a killed run resumes where it stopped.
+    Writes ``OUTDIR/<name>.ome.zarr`` (image and ``labels/cells``),
+    ``OUTDIR/cells.parquet`` and the QC report ``OUTDIR/report.html``. Stages
+    already done for the same inputs are skipped, so a killed run resumes
+    where it stopped.
 
     Returns
     -------
@@ -639,6 +804,7 @@ def segment(
         tiles_per_batch=tiles_per_batch,
         backend=backend,
         model=model,
+        diameter=diameter,
     )
     bar = progress(total=len(content["tiles"]), desc="segment", enabled=show_progress)
     for b in content["batches"]:
@@ -654,11 +820,13 @@ def segment(
         )
     bar.close()
     summary = stitch(outdir, show_progress=show_progress, force=force)
-    table = measure(outdir, show_progress=show_progress, force=force)
+    table = measure(outdir, threads=threads, show_progress=show_progress, force=force)
+    qc = report(outdir)
     return {
         "image": str(image_path(outdir, info)),
         "labels": summary["labels"],
         "table": str(table),
+        "report": str(qc),
         "n_cells": summary["n_cells"],
     }
 
@@ -699,19 +867,17 @@ def segment_array(
     ndarray of uint32
         Label image.
     """
-    from cellseg.backends import default_halo_px, get_backend
+    from cellseg.backends import get_backend
     from cellseg.normalize import compute_scan_stats, normalize
     from cellseg.segment import Candidates, tile_candidates
     from cellseg.stitching import MaskSource, members_by_tile, paint_region, resolve_candidates
-    from cellseg.tiling import halo_widths, plan_tiles, tile_shape
+    from cellseg.tiling import plan_tiles
 
     spacing = tuple(spacing or (1.0,) * image.ndim)
     be = backend if backend is not None and not isinstance(backend, str) else get_backend(backend)
     stats = stats or compute_scan_stats(image)
-    margin = be.margin_px(spacing)
-    halo = halo_widths(default_halo_px(be, spacing) if overlap is None else overlap, spacing)
-    tiles = plan_tiles(image.shape, tile_size, halo)
-    core_shape = tile_shape(image.shape, tile_size)
+    core_shape, halo, margin, _ = tile_geometry(image.shape, spacing, be, tile_size, overlap)
+    tiles = plan_tiles(image.shape, core_shape, halo)
     parts = []
     for t in tiles:
         lab = be.predict([normalize(image[t.halo_slices], stats)], spacing, stats)[0]

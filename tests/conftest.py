@@ -58,3 +58,72 @@ def disk_scene(shape=(256, 256), spacing=(0.5, 0.5)):
     img = (truth > 0) * 800.0
     img = ndi.gaussian_filter(img, 1.0) + 100 + rng.normal(0, 10, shape)
     return np.clip(img, 0, None).astype(np.uint16), truth
+
+
+# ----------------------------------------------------------------------------- review results
+def _segmented(root, name, shape, tile, pyramid_edge, seed):
+    """Segment a synthetic scan into ``root/name`` with a pyramid of several levels."""
+    import cellseg.io
+    from cellseg.pipeline import segment
+    from cellseg.synth import write_synthetic_scan
+
+    scan, _ = write_synthetic_scan(root / f"{name}.ome.tif", None, shape=shape, seed=seed)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cellseg.io, "PYRAMID_MAX_EDGE", pyramid_edge)
+        segment(scan, root / name, tile_size=tile, show_progress=False)
+    return root / name
+
+
+@pytest.fixture(scope="session")
+def result2d(tmp_path_factory):
+    """A segmented 200 × 200 px scan (0.5 µm), 3 pyramid levels: read-only, copy to edit."""
+    return _segmented(tmp_path_factory.mktemp("result2d"), "slide", (200, 200), 96, 64, 3)
+
+
+@pytest.fixture(scope="session")
+def result3d(tmp_path_factory):
+    """A segmented 12 × 64 × 64 voxel stack (2 × 0.5 × 0.5 µm), 2 pyramid levels."""
+    return _segmented(tmp_path_factory.mktemp("result3d"), "stack", (12, 64, 64), 48, 32, 4)
+
+
+@pytest.fixture
+def copy_result(tmp_path):
+    """Copy a result folder under the test's temp dir, for tests that correct cells."""
+    import shutil
+
+    def copy(src):
+        dst = tmp_path / src.name
+        shutil.copytree(src, dst)
+        return dst
+
+    return copy
+
+
+_QT_PROBE = """
+import sys
+from qtpy.QtGui import QOpenGLContext
+from qtpy.QtWidgets import QApplication
+app = QApplication(sys.argv[:1])
+sys.exit(0 if QOpenGLContext().create() else 3)
+"""
+
+
+@pytest.fixture(scope="session")
+def qt_display():
+    """Skip unless Qt can open OpenGL windows here (Xvfb started by pytest-xvfb, or a display).
+
+    Probed in a subprocess: Qt aborts the whole process when it has no display.
+    """
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("napari", reason="napari is not installed (pip install -e '.[test]')")
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        pytest.skip("no display: install Xvfb (`make sysdeps`) so that pytest-xvfb starts one")
+    probe = subprocess.run(
+        [sys.executable, "-c", _QT_PROBE], capture_output=True, text=True, timeout=120
+    )
+    if probe.returncode != 0:
+        why = (probe.stderr.strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
+        pytest.skip(f"Qt cannot open an OpenGL window here ({why}); run `make sysdeps`")

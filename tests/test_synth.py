@@ -12,7 +12,15 @@ from scipy import ndimage as ndi
 
 from cellseg import synth
 from cellseg.errors import ConfigError
-from cellseg.synth import default_spacing, synthesize_scan, write_synthetic_scan
+from cellseg.synth import (
+    SynthParams,
+    default_spacing,
+    sample_params,
+    synthesize_sample,
+    synthesize_scan,
+    training_pair,
+    write_synthetic_scan,
+)
 
 SHAPE_2D = (192, 192)
 SHAPE_3D = (12, 96, 96)
@@ -283,6 +291,211 @@ def test_failed_write_leaves_previous_file_and_no_partial(tmp_path, monkeypatch)
         write_synthetic_scan(target, shape=(32, 32))
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["scan.ome.tif"]
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def test_default_params_reproduce_plain_call() -> None:
+    image, labels = synthesize_scan((96, 96), seed=5)
+    image_p, labels_p = synthesize_scan((96, 96), seed=5, params=SynthParams())
+    assert image.tobytes() == image_p.tobytes()
+    assert labels.tobytes() == labels_p.tobytes()
+    # Overrides replace fields of the given params.
+    params = SynthParams(density=0.2)
+    _, a = synthesize_scan((96, 96), seed=5, params=params, diameter_um=(8.0, 9.0))
+    _, b = synthesize_scan((96, 96), seed=5, density=0.2, diameter_um=(8.0, 9.0))
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"no_such_knob": 1},
+        {"dividing_fraction": 1.5},
+        {"texture_strength": (0.3, 0.1)},
+        {"psf_sigma_um": -1.0},
+        {"bit_depth": 0},
+        {"params": "not params"},
+    ],
+)
+def test_bad_params_raise_config_error(kwargs: dict) -> None:
+    with pytest.raises(ConfigError):
+        synthesize_scan((32, 32), **kwargs)
+
+
+def test_sample_params_rejects_bad_setting() -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(ConfigError):
+        sample_params(rng, 2, setting="test")
+    with pytest.raises(ConfigError):
+        sample_params(rng, 4)
+    with pytest.raises(ConfigError):
+        training_pair(rng, (32, 32), 3)
+
+
+def _median_diameter(p: SynthParams) -> float:
+    return float(np.sqrt(p.diameter_um[0] * p.diameter_um[1]))
+
+
+def test_sample_params_cover_wide_ranges() -> None:
+    rng = np.random.default_rng(0)
+    ps = [sample_params(rng, 2) for _ in range(300)]
+
+    def values(name):
+        return np.array([getattr(p, name) for p in ps], dtype=float)
+
+    d_um = np.array([_median_diameter(p) for p in ps])
+    d_px = d_um / np.array([p.spacing[0] for p in ps])
+    assert d_um.min() < 5 and d_um.max() > 14
+    assert d_px.min() < 10 and d_px.max() > 50
+    density = values("density")
+    assert density.min() < 0.04 and density.max() > 0.6
+    assert values("nucleus_e").min() < 30 and values("nucleus_e").max() > 1500
+    assert values("read_noise").max() > 10
+    assert values("aspect_sigma").max() > 0.35 and values("irregularity").max() > 0.1
+    assert values("cluster_gap").min() < 0.5  # packed clusters press nuclei together
+    for name in (
+        "dividing_fraction",
+        "fragmented_fraction",
+        "dim_fraction",
+        "nucleoli_count",
+        "debris_density",
+        "haze_density",
+        "glow",
+        "contact_dimming",
+    ):
+        v = values(name)
+        assert np.any(v == 0) and np.any(v > 0), name
+    assert values("edge_dimming").min() < 0 < values("edge_dimming").max()
+    psf_px = values("psf_sigma_um") / np.array([p.spacing[0] for p in ps])
+    assert psf_px.min() < 0.5 and psf_px.max() > 2
+    assert {p.bit_depth for p in ps} == {8, 10, 12, 16}
+    assert all(p.dtype == np.float32 and p.fast for p in ps)
+    # 3D: anisotropic voxels and blur, flattened nuclei spanning a few planes.
+    ps3 = [sample_params(rng, 3) for _ in range(100)]
+    anisotropy = np.array([p.spacing[0] / p.spacing[1] for p in ps3])
+    assert anisotropy.min() >= 1 and anisotropy.max() > 3
+    assert all(p.psf_z_sigma_um >= p.psf_sigma_um for p in ps3)
+    assert min(p.flatten_z for p in ps3) < 0.6
+    planes = [_median_diameter(p) * p.flatten_z / p.spacing[0] for p in ps3]
+    assert min(planes) >= 2.5
+
+
+def test_heldout_setting_differs_from_train() -> None:
+    rng = np.random.default_rng(1)
+    for ndim in (2, 3):
+        train = [sample_params(rng, ndim, "train") for _ in range(100)]
+        heldout = [sample_params(rng, ndim, "heldout") for _ in range(100)]
+        # Another diameter band, another chromatin style, another camera.
+        assert max(map(_median_diameter, train)) <= min(map(_median_diameter, heldout))
+        assert all(p.spot_count == 0 and not p.excess_noise for p in train)
+        assert all(p.spot_count > 0 and p.excess_noise for p in heldout)
+        assert np.median([p.nucleus_e for p in heldout]) < np.median([p.nucleus_e for p in train])
+
+
+@pytest.mark.parametrize("shape", [(64, 80), (8, 40, 48)])
+def test_training_pair_is_deterministic(shape: tuple[int, ...]) -> None:
+    a = training_pair(np.random.default_rng(4), shape)
+    b = training_pair(np.random.default_rng(4), shape)
+    c = training_pair(np.random.default_rng(5), shape)
+    assert a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
+    assert a[2] == b[2] and len(a[2]) == len(shape)
+    assert a[0].dtype == np.float32 and a[1].dtype == np.uint32 and a[0].shape == shape
+    assert a[0].tobytes() != c[0].tobytes()
+
+
+def _assert_valid(sample) -> None:
+    """Labels uint32, ids 1..N, one face-connected piece each, none on debris, all visible."""
+    image, labels = sample.image.astype(np.float64), sample.labels
+    assert labels.dtype == np.uint32 and labels.shape == image.shape
+    assert np.all(np.isfinite(image))
+    n = int(labels.max())
+    ids = np.unique(labels)
+    np.testing.assert_array_equal(ids[ids > 0], np.arange(1, n + 1))
+    for index, box in enumerate(ndi.find_objects(labels)):
+        assert ndi.label(labels[box] == index + 1)[1] == 1
+    assert not np.any(labels[sample.debris_mask])
+    if sample.params.bit_depth is not None:
+        assert image.min() >= 0 and image.max() <= 2**sample.params.bit_depth - 1
+        assert np.all(image == np.round(image))
+    # Visible: each nucleus's mean stands above the background around it.
+    background = (labels == 0) & ~ndi.binary_dilation(
+        (labels > 0) | sample.debris_mask, iterations=2
+    )
+    pairs = background[..., 1:] & background[..., :-1]
+    if n == 0 or np.count_nonzero(pairs) < 50:
+        return
+    step = np.abs(np.diff(image, axis=-1))[pairs]
+    noise = max(np.median(step) / 0.6745 / np.sqrt(2), 1e-6)
+    means = ndi.mean(image, labels, np.arange(1, n + 1))
+    for index, box in enumerate(ndi.find_objects(labels)):
+        around = tuple(slice(max(b.start - 10, 0), b.stop + 10) for b in box)
+        local = image[around][background[around]]
+        if local.size >= 10:
+            contrast = (means[index] - np.median(local)) / noise
+            assert contrast > 0.5, f"nucleus {index + 1} invisible ({contrast:.2f} noise)"
+
+
+@pytest.mark.parametrize(("shape", "count"), [((128, 128), 50), ((16, 64, 64), 20)])
+def test_random_samples_have_valid_labels(shape: tuple[int, ...], count: int) -> None:
+    rng = np.random.default_rng(0)
+    nuclei = []
+    for _ in range(count):
+        params = sample_params(rng, len(shape))
+        sample = synthesize_sample(shape, seed=rng, params=params)
+        _assert_valid(sample)
+        nuclei.append(int(sample.labels.max()))
+    assert min(nuclei) < 10 and max(nuclei) > 100  # sparse and crowded samples
+
+
+def test_heldout_samples_have_valid_labels() -> None:
+    rng = np.random.default_rng(3)
+    for shape in [(128, 128)] * 5 + [(12, 48, 48)] * 3:
+        params = sample_params(rng, len(shape), "heldout")
+        _assert_valid(synthesize_sample(shape, seed=rng, params=params))
+
+
+def test_debris_is_bright_and_unlabelled() -> None:
+    plain = synthesize_sample((128, 128), seed=2, density=0.2, dtype=np.float32)
+    dirty = synthesize_sample((128, 128), seed=2, density=0.2, dtype=np.float32, debris_density=0.5)
+    # Debris is drawn after the nuclei: the labels are the same.
+    np.testing.assert_array_equal(plain.labels, dirty.labels)
+    assert not plain.debris_mask.any()
+    assert dirty.debris_mask.sum() > 20
+    assert not np.any(dirty.labels[dirty.debris_mask])
+    assert not np.any(ndi.binary_dilation(dirty.labels > 0)[dirty.debris_mask])
+    background = (dirty.labels == 0) & ~dirty.debris_mask
+    assert dirty.image[dirty.debris_mask].mean() > dirty.image[background].mean() + 100
+
+
+@pytest.mark.parametrize(("shape", "spacing"), [((160, 160), (0.4, 0.4)), ((16, 80, 80), None)])
+def test_dividing_pairs_touch(shape: tuple[int, ...], spacing) -> None:
+    pairs_seen = 0
+    for seed in range(3):
+        sample = synthesize_sample(shape, spacing=spacing, seed=seed, dividing_fraction=0.25)
+        _assert_valid(sample)
+        touching = _touching_pairs(sample.labels)
+        sizes = np.bincount(sample.labels.ravel())
+        for a, b in sample.dividing_pairs.tolist():
+            assert (min(a, b), max(a, b)) in touching, (seed, a, b)
+            # Daughters are smaller than a typical nucleus.
+            assert max(sizes[a], sizes[b]) < np.percentile(sizes[1:], 90)
+        pairs_seen += len(sample.dividing_pairs)
+    assert pairs_seen >= 5
+
+
+def test_fragments_are_small_labelled_bodies() -> None:
+    whole = synthesize_sample((160, 160), seed=1, spacing=(0.3, 0.3), density=0.3)
+    broken = synthesize_sample(
+        (160, 160), seed=1, spacing=(0.3, 0.3), density=0.3, fragmented_fraction=0.3
+    )
+    _assert_valid(broken)
+    assert broken.labels.max() > whole.labels.max()
+    small = np.bincount(broken.labels.ravel())[1:] < 0.2 * np.median(
+        np.bincount(whole.labels.ravel())[1:]
+    )
+    assert small.sum() >= 5
 
 
 def test_docstring_examples() -> None:
