@@ -9,7 +9,7 @@ STAMP := $(VENV)/.cellseg-installed
 RUN := PATH="$(BIN):$$PATH"
 LINT_PATHS := $(wildcard cellseg tests benchmarks)
 
-.PHONY: all venv demo test lint clean distclean
+.PHONY: all venv demo test lint sysdeps clean distclean
 
 all: test
 
@@ -24,19 +24,48 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -e '.[test]'
 	@touch $(STAMP)
 
+# System libraries of the napari tests: a virtual X server (Xvfb, started by
+# pytest-xvfb) and what Qt 6 and OpenGL need (Debian / Ubuntu names). Installed
+# with apt-get when run as root; otherwise the missing ones are named and the
+# napari tests skip, saying why.
+SYSDEPS := xvfb xauth libgl1 libegl1 libgl1-mesa-dri libglib2.0-0 libfontconfig1 \
+	fonts-dejavu-core libdbus-1-3 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 \
+	libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 \
+	libxcb-xfixes0 libxcb-xinerama0
+SYSDEPS_STAMP := $(VENV)/.cellseg-sysdeps
+
+sysdeps: $(SYSDEPS_STAMP)
+
+$(SYSDEPS_STAMP): Makefile
+	@missing=""; for p in $(SYSDEPS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then mkdir -p $(VENV) && touch $@; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing system libraries for the napari tests:$$missing"; \
+	  if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $$missing >/dev/null; then mkdir -p $(VENV) && touch $@; \
+	  else echo "warning: apt-get could not install$$missing; the napari tests will skip"; fi; \
+	else \
+	  echo "note: the napari tests need these system packages:$$missing"; \
+	  echo "      install them (e.g. sudo apt-get install$$missing); until then they skip"; \
+	fi
+
 demo: venv
 	$(RUN) $(VENV)/bin/snakemake --cores all --configfile configs/config.yaml
 	@echo
 	@echo "Demo outputs, one folder per scan under results/:"
-	@echo "  results/<scan>/<scan>.ome.zarr   image + labels/cells (napari results/demo2d/demo2d.ome.zarr)"
+	@echo "  results/<scan>/<scan>.ome.zarr   image + labels/cells (napari --plugin cellseg results/demo2d -w cellseg)"
 	@echo "  results/<scan>/cells.parquet     one row per cell (pandas.read_parquet)"
+	@echo "  results/<scan>/report.html       QC report (open in a browser)"
+	@echo "  results/cells.parquet, results/report.html   all scans' cells and the run's report"
 	@echo "  results/<scan>/logs/             one log per job"
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(RUN) $(VENV)/bin/snakemake --lint
 
-test: lint
+test: lint sysdeps
 	$(RUN) $(VENV)/bin/python -m pytest -q
 
 clean:

@@ -3,10 +3,12 @@
 #   snakemake --cores all                          # configs/config.yaml
 #   snakemake --profile configs/profiles/local
 #   snakemake --cores all --configfile my.yaml --replace-workflow-config
+#   snakemake --profile configs/profiles/slurm --configfile my.yaml    # a SLURM cluster
 #
 # Stages (one rule file each, workflow/rules/): synth (demo scans only),
 # ingest, plan (checkpoint), segment_tiles (one job per batch of tiles),
-# stitch, measure. Every rule calls the `cellseg` command line.
+# stitch, measure, report (per scan), export and report_run (per run). Every
+# rule calls the `cellseg` command line.
 
 import jsonschema
 from snakemake.exceptions import WorkflowError
@@ -41,6 +43,7 @@ include: "workflow/rules/plan.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/stitch.smk"
 include: "workflow/rules/measure.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -54,3 +57,13 @@ onsuccess:
     for scan in sorted(SCANS):
         print(f"  {RESULTS}/{scan}/{scan}.ome.zarr  image + labels/cells (napari)")
         print(f"  {RESULTS}/{scan}/cells.parquet  one row per cell")
+        print(f"  {RESULTS}/{scan}/report.html  QC report")
+    print(f"  {RESULTS}/cells.parquet  all scans' cells, with a scan column")
+    print(f"  {RESULTS}/report.html  the run's QC report")
+    summarize_run()
+
+
+# Which scans succeeded, and the failed stage and its error line for the others
+# (with --keep-going a bad scan stops only its own jobs); also in summary.tsv.
+onerror:
+    summarize_run()

@@ -76,8 +76,8 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
 def _add_backend_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     p.add_argument(
         "--backend",
-        help="segmentation backend: model (a trained network, the default) or classical"
-        + ("" if defaults else "; default: the plan's"),
+        help="segmentation backend: model (a trained network; default for 2D scans) or "
+        "classical (default for 3D scans)" + ("" if defaults else "; default: the plan's"),
     )
     p.add_argument(
         "--model", metavar="NAME|PATH", help="shipped model name or model folder (backend model)"
@@ -101,6 +101,34 @@ def _add_backend_options(p: argparse.ArgumentParser, defaults: bool = True) -> N
         metavar="N",
         help="worker threads for CPU backends (default: all cores)",
     )
+
+
+def _add_dask_options(p: argparse.ArgumentParser, threads: bool = True) -> None:
+    """``--scheduler`` (and ``--threads``) of the stages that do array work with dask."""
+    if threads:
+        p.add_argument(
+            "--threads",
+            type=int,
+            metavar="N",
+            help="threads for chunk-parallel work (default: all cores)",
+        )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="dask.distributed scheduler to run chunk-parallel work on, e.g. "
+        "tcp://host:8786 (default: local threads; needs the `distributed` package)",
+    )
+
+
+def _dask_context(args: argparse.Namespace):
+    """The dask scheduler of a command with ``--scheduler``; a no-op for the others."""
+    import contextlib
+
+    if not hasattr(args, "scheduler"):
+        return contextlib.nullcontext()
+    from cellseg.parallel import dask_scheduler
+
+    return dask_scheduler(getattr(args, "threads", None), args.scheduler)
 
 
 def _tile_size(values: list[int]) -> int | tuple[int, ...]:
@@ -127,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan_options(p)
     _add_backend_options(p)
     _add_diameter(p)
+    _add_dask_options(p, threads=False)
 
     p = sub.add_parser("ingest", help="copy a scan into OUTDIR/<name>.ome.zarr, compute stats")
     p.add_argument("input", type=Path)
@@ -134,11 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name")
     p.add_argument("--force", action="store_true")
     _add_scan_options(p)
+    _add_dask_options(p)
 
     p = sub.add_parser("plan", help="write the tile plan OUTDIR/work/tiles.json")
     p.add_argument("outdir", type=Path)
     _add_plan_options(p)
-    p.add_argument("--backend", help="segmentation backend (default model)")
+    p.add_argument("--backend", help="model or classical (default: model in 2D, classical in 3D)")
     p.add_argument("--model", metavar="NAME|PATH")
     _add_diameter(p)
 
@@ -151,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stitch", help="stitch all batches into labels/cells")
     p.add_argument("outdir", type=Path)
     p.add_argument("--force", action="store_true")
+    _add_dask_options(p)
 
     p = sub.add_parser("measure", help="write OUTDIR/cells.parquet")
     p.add_argument("outdir", type=Path)
@@ -159,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, metavar="N", help="chunks measured at once (default: all cores)"
     )
+    _add_dask_options(p, threads=False)
     p.add_argument(
         "--ring-width",
         type=float,
@@ -382,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return _run(args)
+        with _dask_context(args):
+            return _run(args)
     except CellsegError as exc:
         print(f"cellseg {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -621,23 +621,21 @@ def label_levels(group: zarr.Group) -> list[zarr.Array]:
 def max_label_id(image_path: Path, name: str = ORIGINAL) -> int:
     """The largest id the label image may hold, read cheaply where possible.
 
-    In a cellseg output folder the stitch summary (``work/stitch.json``,
-    ``max_id``) and the cell table bound the ids without reading pixels;
-    otherwise the full-resolution labels are read chunk by chunk.
+    For ``cells`` in a cellseg output folder the stitch summary
+    (``work/stitch.json``, ``max_id``: every id the stitch gave) bounds the ids
+    without reading pixels; otherwise the full-resolution labels are read
+    chunk by chunk.
     """
     import dask.array as da
 
     image_path = Path(image_path)
     outdir = image_path.parent
-    bounds = []
     stitch = outdir / "work" / "stitch.json"
     if name == ORIGINAL and stitch.exists():
         try:
-            bounds.append(int(json.loads(stitch.read_text())["max_id"]))
+            return int(json.loads(stitch.read_text())["max_id"])
         except (KeyError, ValueError, TypeError):
             pass
-    if bounds:
-        return max(bounds)
     level0 = label_levels(_open_label_group(image_path, name))[0]
     return int(da.from_zarr(level0).max().compute())
 
@@ -1141,13 +1139,13 @@ def merge_boxes(boxes: dict[Any, Box]) -> list[tuple[Box, list[Any]]]:
     return sorted(clusters)
 
 
-def measure_base(outdir: Path, image_path: Path, labels: str, stitch: str) -> dict:
+def measure_base(outdir: Path, image_path: Path, labels: str, request: dict) -> dict:
     """What the measure stage starts from for label image `labels`.
 
     For ``cells_corrected``, the previous table to update and the edits not in
     it yet: the corrected table itself when it was measured from the same
     corrected labels (same ``uid``) at an earlier point of the edit log, else
-    the table of ``cells`` when it was measured from the same stitch, else
+    the table of ``cells`` when it was measured the same way, else
     nothing (everything is measured).
 
     Parameters
@@ -1158,8 +1156,10 @@ def measure_base(outdir: Path, image_path: Path, labels: str, stitch: str) -> di
         The OME-Zarr image group.
     labels : str
         The label image to measure.
-    stitch : str
-        Fingerprint of the stitch the original table must come from.
+    request : dict
+        What the measure stage is asked (stitch, table version, options, ...;
+        see :func:`cellseg.pipeline.measure`). A previous table is used only
+        if it was measured with the same request, label image aside.
 
     Returns
     -------
@@ -1191,13 +1191,13 @@ def measure_base(outdir: Path, image_path: Path, labels: str, stitch: str) -> di
     if (
         meta.get("cellseg.labels_uid") == state["uid"]
         and 0 <= int(meta.get("cellseg.edits", -1)) <= len(edits)
-        and _request_stitch(meta) == stitch
+        and _same_request(meta, request)
     ):
         previous, todo, base = own, edits[int(meta["cellseg.edits"]) :], own.name
     else:
         original = table_path(outdir, ORIGINAL)
         meta = _table_metadata(original)
-        if meta.get("cellseg.labels") == ORIGINAL and _request_stitch(meta) == stitch:
+        if meta.get("cellseg.labels") == ORIGINAL and _same_request(meta, request):
             previous, base = original, original.name
     return {
         "previous": None if previous is None else pd.read_parquet(previous),
@@ -1222,11 +1222,19 @@ def _table_metadata(path: Path) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"cellseg.")}
 
 
-def _request_stitch(meta: dict[str, str]) -> str | None:
+def _same_request(meta: dict[str, str], request: dict) -> bool:
+    """Whether a table's recorded request equals `request`, label image and edits aside."""
     try:
-        return json.loads(meta.get("cellseg.request", "{}")).get("stitch")
-    except (json.JSONDecodeError, AttributeError):
-        return None
+        recorded = json.loads(meta.get("cellseg.request", "null"))
+    except json.JSONDecodeError:
+        return False
+    if not isinstance(recorded, dict):
+        return False
+    ignore = ("labels", "labels_uid", "edits")
+    current = json.loads(json.dumps(request))
+    return {k: v for k, v in recorded.items() if k not in ignore} == {
+        k: v for k, v in current.items() if k not in ignore
+    }
 
 
 def _translate(table: pd.DataFrame, origin: Sequence[int], spacing, axes: str) -> pd.DataFrame:

@@ -9,7 +9,7 @@ scan output folders) and writes
   (``var`` holds each feature's unit and description), the identifiers, flags
   and boxes in ``obs``, the centroids in µm in ``obsm["spatial"]`` (columns
   ``x, y`` or ``x, y, z``, the order scanpy and squidpy expect) and the tables'
-  metadata in ``uns["cellseg"]``;
+  metadata in ``uns["cellseg"]`` (by scan name);
 - ``parquet``: several tables joined with a ``scan`` column (the run's
   combined ``results/cells.parquet``), their column documentation kept.
 
@@ -164,10 +164,10 @@ def to_anndata(table: pd.DataFrame, metas: Sequence[dict[str, Any]] = ()) -> Any
     adata.obsm["spatial"] = table[[f"centroid_{a}_um" for a in axes]].to_numpy(np.float64)
     adata.uns["spatial_axes"] = axes
     adata.uns["cellseg"] = {
-        "tables": [
-            {k: v if isinstance(v, str) else json.dumps(v) for k, v in m.items() if k != "columns"}
-            for m in metas
-        ]
+        str(m.get("scan") or f"table{i}"): {
+            k: v if isinstance(v, str) else json.dumps(v) for k, v in m.items() if k != "columns"
+        }
+        for i, m in enumerate(metas)
     }
     return adata
 

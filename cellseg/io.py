@@ -28,6 +28,7 @@ under a temporary name and moved into place when whole.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cellseg.errors import InputError
+from cellseg.parallel import local_threads
 
 if TYPE_CHECKING:
     import dask.array
@@ -347,6 +349,7 @@ def _read_tiff(path: Path) -> _Raw:
             series = tif.series[0]
             axes = series.get_axes(False)
             store = series.aszarr(level=0, squeeze=False)
+            contiguous = _contiguous_layout(tif, series)
             spacing: dict[str, float] = {}
             names: list[str] | None = None
             if tif.is_ome and tif.ome_metadata:
@@ -361,11 +364,57 @@ def _read_tiff(path: Path) -> _Raw:
             f"{path}: cannot be read as a TIFF file ({type(exc).__name__}: {exc}); check "
             "that the file is complete and not corrupt, or export it again"
         ) from exc
-    data = da.from_zarr(array, name=_dask_name(path, "tiff"))
+    if contiguous is not None:
+        # Uncompressed, untiled pixels (often one strip per plane): read chunk by
+        # chunk, never a whole plane.
+        pixels = _ContiguousPixels(path, *contiguous)
+        chunks = tuple(
+            CONTIGUOUS_CHUNK if a in "YX" else n if a == "S" else 1
+            for a, n in zip(axes.upper(), pixels.shape)
+        )
+        data = da.from_array(pixels, chunks=chunks, name=_dask_name(path, "tiff"), asarray=False)
+    else:
+        data = da.from_zarr(array, name=_dask_name(path, "tiff"))
     letters = "".join(a if a in "TCZYXS" else "?" for a in axes.upper())
     if set(letters) <= set("?YXS"):
         letters = _positional_letters(letters)
     return _Raw(data, letters, spacing, names)
+
+
+# Rows and columns of a chunk read from an uncompressed, untiled TIFF.
+CONTIGUOUS_CHUNK = 512
+
+
+def _contiguous_layout(tif: Any, series: Any) -> tuple[int, tuple[int, ...], np.dtype] | None:
+    """(offset, shape, dtype) of a series stored uncompressed in one block, else None."""
+    page = series.keyframe
+    offset = series.dataoffset
+    if offset is None or page.compression != 1 or page.is_tiled or page.fillorder != 1:
+        return None
+    dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
+    shape = tuple(int(n) for n in series.get_shape(False))
+    if dtype.itemsize * 8 != page.bitspersample:
+        return None
+    size = tif.filehandle.size
+    if offset + dtype.itemsize * math.prod(shape) > size:
+        return None
+    return int(offset), shape, dtype
+
+
+class _ContiguousPixels:
+    """Regions of pixels stored uncompressed in one block of a file, read on demand.
+
+    Each read maps the file, copies the region and unmaps it again, so that
+    memory holds the regions being read, never the whole image.
+    """
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path, self.offset, self.shape, self.dtype = str(path), offset, shape, dtype
+        self.ndim = len(shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        pixels = np.memmap(self.path, self.dtype, mode="r", offset=self.offset, shape=self.shape)
+        return np.array(pixels[index], dtype=self.dtype.newbyteorder("="))
 
 
 def _read_npy(path: Path) -> _Raw:
@@ -824,7 +873,9 @@ def write_image(
                 fill_value=0,
                 dimension_names=dimension_names,
             )
-            da.store(level.rechunk(level_chunks), array, lock=False)
+            # Level 0 reads the input file, which only this process can open.
+            with local_threads() if index == 0 else contextlib.nullcontext():
+                da.store(level.rechunk(level_chunks), array, lock=False)
             scale = [1.0, *spacing]
             scale[-2] *= factor
             scale[-1] *= factor
@@ -958,6 +1009,7 @@ def create_labels(
     _ensure_labels_group(image_path)
     tmp = image_path / "labels" / f".{name}.tmp"
     _remove_path(tmp)
+    _remove_stale_siblings(image_path / "labels" / name)
     group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     return group.create_array(
         "0",
@@ -1184,6 +1236,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         with open(tmp, "wb") as handle:
@@ -1245,14 +1298,21 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale_siblings(path: Path) -> None:
-    """Remove temporaries of `path` left by processes that no longer run."""
-    pattern = glob.escape(path.name)
-    for marker in (".tmp-", ".old-"):
-        for stale in path.parent.glob(pattern + marker + "*"):
-            pid = stale.name[len(path.name) + len(marker) :]
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-                logger.info("removing %s left by an interrupted run", stale)
-                _remove_path(stale)
+    """Remove temporaries of `path` left by processes that no longer run.
+
+    Recognises ``<name>.tmp-<pid>`` and ``<name>.old-<pid>`` (folders) and
+    ``.<name>.tmp-<pid>[-<thread>]`` (files of :func:`atomic_write_bytes`).
+    """
+    if not path.parent.is_dir():
+        return
+    for hidden in ("", "."):
+        name = hidden + path.name
+        for marker in (".tmp-", ".old-"):
+            for stale in path.parent.glob(glob.escape(name) + marker + "*"):
+                pid = stale.name[len(name) + len(marker) :].split("-", 1)[0]
+                if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                    logger.info("removing %s left by an interrupted run", stale)
+                    _remove_path(stale)
 
 
 def _remove_path(path: Path) -> None:

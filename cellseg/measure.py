@@ -32,7 +32,6 @@ import math
 import os
 import re
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -203,12 +202,13 @@ def column_schema(
     cols.append(Column("feret_diameter_max_um", "µm", f"largest caliper width of {squares}"))
     if two:
         cols.append(Column("feret_diameter_min_um", "µm", f"smallest caliper width of {squares}"))
-    conn = "8" if two else "26"
     cols += [
         Column(
             "euler_number",
             "",
-            f"objects − holes{'' if two else ' + cavities'} ({conn}-connected)",
+            "objects − holes (8-connected)"
+            if two
+            else "objects − tunnels + cavities (26-connected)",
             "int64",
         ),
         Column("touches_border", "", "the cell touches the edge of the scan (flag)", "bool"),
@@ -730,29 +730,38 @@ def cell_boxes(
     spacing: Sequence[float],
     axes: str,
     chunks: Sequence[int],
+    threads: int | None = 1,
     show_progress: bool = False,
 ) -> pd.DataFrame:
     """Pass 1: id, centroid, bounding box and pixel count of every cell, chunk by chunk.
+
+    Chunks run on `threads` threads, or on the dask.distributed workers inside
+    :func:`cellseg.parallel.dask_scheduler` with an address.
 
     Returns
     -------
     pandas.DataFrame
         One row per cell id, sorted by id.
     """
+    from cellseg.parallel import map_chunks
     from cellseg.pipeline import progress
 
     shape = tuple(label_image.shape)
     grid = [range(0, n, c) for n, c in zip(shape, chunks)]
-    parts = []
     blocks = list(itertools.product(*grid))
-    for origin in progress(blocks, desc="measure boxes", enabled=show_progress):
+
+    def partials(origin: tuple[int, ...]) -> pd.DataFrame | None:
         sl = tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, chunks, shape))
         lab = _read(label_image, sl)
-        if not lab.any():
-            continue
-        part = _block_partials(lab, origin)
+        return _block_partials(lab, origin) if lab.any() else None
+
+    parts = []
+    bar = progress(total=len(blocks), desc="measure boxes", enabled=show_progress)
+    for part in map_chunks(partials, blocks, threads=threads):
+        bar.update(1)
         if part is not None:
             parts.append(part)
+    bar.close()
     return _combine(parts, spacing, axes)
 
 
@@ -848,6 +857,7 @@ def measure_cells(
     >>> t[["cell_id", "centroid_y_um", "centroid_x_um", "area_um2"]].values.tolist()
     [[7.0, 0.75, 1.0, 1.5]]
     """
+    from cellseg.parallel import map_chunks
     from cellseg.pipeline import progress
 
     shape = tuple(int(n) for n in label_image.shape)
@@ -865,7 +875,12 @@ def measure_cells(
     chunks = _chunk_shape(label_image, chunks, shape)
 
     base = cell_boxes(
-        label_image, spacing=spacing, axes=axes, chunks=chunks, show_progress=show_progress
+        label_image,
+        spacing=spacing,
+        axes=axes,
+        chunks=chunks,
+        threads=threads,
+        show_progress=show_progress,
     )
     schema = column_schema(
         axes, keys, ring_width_um=ring_width_um, neighbor_radius_um=neighbor_radius_um
@@ -899,18 +914,10 @@ def measure_cells(
         )
 
     rows: list[list[Any]] = []
-    workers = threads or os.cpu_count() or 1
     bar = progress(total=len(base), desc="measure cells", enabled=show_progress)
-    if workers > 1 and len(work) > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for part in pool.map(run, work):
-                rows.extend(part)
-                bar.update(len(part))
-    else:
-        for boxes in work:
-            part = run(boxes)
-            rows.extend(part)
-            bar.update(len(part))
+    for part in map_chunks(run, work, threads=threads):
+        rows.extend(part)
+        bar.update(len(part))
     bar.close()
 
     feats = pd.DataFrame(rows, columns=measured) if rows else pd.DataFrame(columns=measured)

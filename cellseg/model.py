@@ -334,25 +334,31 @@ def _pad_to(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 def predict_maps(net, crops: Sequence[np.ndarray], spec: dict, device: str = "cpu") -> list:
     """Run the network on a batch of normalised crops: (foreground, centre) maps per crop.
 
-    Crops of different shapes are padded at their far end to a common shape that
-    is a multiple of the network's alignment, run as one batch, and cropped back.
-    Mixed precision (float16 autocast) is used on CUDA.
+    Each crop is padded at its far end to the next multiple of the network's
+    alignment (by reflection), so its result does not depend on the other
+    crops of the batch; crops of equal padded shape run as one batch. Mixed
+    precision (float16 autocast) is used on CUDA.
     """
     import torch
 
     align = alignment(spec)
-    shape = [
-        int(math.ceil(max(c.shape[a] for c in crops) / align[a]) * align[a])
-        for a in range(len(align))
+    padded = [
+        _pad_to(
+            np.asarray(c, np.float32), [int(math.ceil(n / a) * a) for n, a in zip(c.shape, align)]
+        )
+        for c in crops
     ]
-    batch = np.stack([_pad_to(np.asarray(c, np.float32), shape) for c in crops])[:, None]
+    groups: dict[tuple, list[int]] = {}
+    for k, p in enumerate(padded):
+        groups.setdefault(p.shape, []).append(k)
+    maps: list = [None] * len(crops)
     with torch.inference_mode():
-        x = torch.from_numpy(batch).to(device)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=device == "cuda"):
-            y = net(x)
-        y = torch.sigmoid(y.float()).cpu().numpy()
-    out = []
-    for k, c in enumerate(crops):
-        sl = tuple(slice(0, n) for n in c.shape)
-        out.append((y[k, 0][sl], y[k, 1][sl]))
-    return out
+        for members in groups.values():
+            x = torch.from_numpy(np.stack([padded[k] for k in members])[:, None]).to(device)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=device == "cuda"):
+                y = net(x)
+            y = torch.sigmoid(y.float()).cpu().numpy()
+            for j, k in enumerate(members):
+                sl = tuple(slice(0, n) for n in crops[k].shape)
+                maps[k] = (y[j, 0][sl], y[j, 1][sl])
+    return maps

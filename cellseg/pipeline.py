@@ -62,6 +62,7 @@ class LogProgress:
         self.n = 0
         self.interval = interval
         self._start = self._last = time.monotonic()
+        self._delay: float | None = None
 
     def __iter__(self):
         for item in self.iterable:
@@ -72,6 +73,12 @@ class LogProgress:
     def update(self, k: int = 1) -> None:
         """Count ``k`` more items done."""
         self.n += k
+        if k and self._delay is None:
+            self._delay = stage_delay(self.desc)
+            if self._delay:
+                log.info("%s: slowed down by %s", self.desc, STAGE_DELAY_ENV)
+        if k and self._delay:
+            time.sleep(self._delay * k)
         now = time.monotonic()
         if now - self._last >= self.interval:
             self._last = now
@@ -93,11 +100,39 @@ class _NoProgress(LogProgress):
         pass
 
 
+# Testing aid: "stage=seconds,..." slows each progress step of those stages
+# (the first word of a progress description: segment, stitch, measure) so that
+# a test can kill a run while the stage is in the middle of writing its output.
+STAGE_DELAY_ENV = "CELLSEG_DEBUG_STAGE_DELAY"
+
+
+def stage_delay(desc: str) -> float:
+    """Seconds to wait per progress step of stage `desc`, from ``CELLSEG_DEBUG_STAGE_DELAY``.
+
+    Examples
+    --------
+    >>> os.environ[STAGE_DELAY_ENV] = "stitch=0.5,measure=2"
+    >>> stage_delay("measure cells"), stage_delay("segment b0000")
+    (2.0, 0.0)
+    >>> del os.environ[STAGE_DELAY_ENV]
+    """
+    spec = os.environ.get(STAGE_DELAY_ENV, "")
+    stage = desc.split(" ", 1)[0]
+    for item in spec.split(","):
+        name, _, seconds = item.partition("=")
+        if name.strip() == stage and seconds:
+            try:
+                return max(0.0, float(seconds))
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
 def progress(iterable=None, *, total=None, desc: str = "", enabled: bool = True):
     """A progress bar on a terminal (tqdm), periodic log lines in a batch job."""
     if not enabled:
         return _NoProgress(iterable, total=total, desc=desc)
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty() or os.environ.get(STAGE_DELAY_ENV):
         return LogProgress(iterable, total=total, desc=desc)
     from tqdm.auto import tqdm
 
@@ -173,6 +208,7 @@ def ingest(
     """
     from cellseg.io import atomic_write_json, channel_index, read_scan, write_image
     from cellseg.normalize import compute_scan_stats
+    from cellseg.parallel import local_threads
 
     t_start = time.perf_counter()
     input_path = Path(input_path)
@@ -203,7 +239,8 @@ def ingest(
     scan = read_scan(input_path, pixel_size=pixel_size)
     ch = channel_index(scan, channel)
     nuclear = scan.data[ch]
-    stats = compute_scan_stats(nuclear, source=str(input_path))
+    with local_threads():  # reads the input file, which only this process can open
+        stats = compute_scan_stats(nuclear, source=str(input_path))
     spatial = scan.data.shape[1:]
     if len(spatial) == 2:
         chunks = tuple(min(IMAGE_CHUNK_2D, n) for n in spatial)
@@ -302,7 +339,7 @@ def plan(
     spacing = info["spacing"]
     shape = info["shape"]
     options = {"diameter_um": diameter} if diameter else {}
-    be = get_backend(backend, model, **options)
+    be = get_backend(backend, model, ndim=len(shape), **options)
     core_shape, halo, margin, overlap_px = tile_geometry(
         shape, spacing, be, tile_size, overlap, source=str(outdir), axes=info["axes"]
     )
@@ -667,7 +704,7 @@ def measure(
         "neighbor_radius_um": neighbor_radius_um,
     }
     img = image_path(outdir, info)
-    base = measure_base(outdir, img, labels, request["stitch"])
+    base = measure_base(outdir, img, labels, request)
     request.update(base.get("request", {}))
     if not force and out.exists():
         import pyarrow.parquet as pq
@@ -874,7 +911,11 @@ def segment_array(
     from cellseg.tiling import plan_tiles
 
     spacing = tuple(spacing or (1.0,) * image.ndim)
-    be = backend if backend is not None and not isinstance(backend, str) else get_backend(backend)
+    be = (
+        backend
+        if backend is not None and not isinstance(backend, str)
+        else get_backend(backend, ndim=image.ndim)
+    )
     stats = stats or compute_scan_stats(image)
     core_shape, halo, margin, _ = tile_geometry(image.shape, spacing, be, tile_size, overlap)
     tiles = plan_tiles(image.shape, core_shape, halo)

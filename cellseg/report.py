@@ -42,7 +42,7 @@ import pandas as pd
 SEAM_RATIO_RANGE = (0.8, 1.25)
 #: A seam ratio must also be this many standard errors from 1 to warn.
 SEAM_Z_MIN = 3.0
-#: Cells near seams needed before the seam score is judged.
+#: Cells expected near seams before the seam score is judged.
 SEAM_MIN_CELLS = 20
 #: In-plane edge of the zoomed crops, in pixels.
 CROP_PX = 128
@@ -100,6 +100,29 @@ def seam_distance(points_um: np.ndarray, seams: list[np.ndarray]) -> np.ndarray:
     return dist
 
 
+def seam_share(distance_um: float, seams: list[np.ndarray], shape: Sequence[int], spacing) -> float:
+    """Share of the scan's area (volume) within `distance_um` of a tile seam.
+
+    Per axis, the share of positions (pixel centres span ``-0.5 .. n - 0.5``
+    pixels) that are farther than `distance_um` from every seam on it; a
+    point is far from all seams when it is far along every axis.
+    """
+    far = 1.0
+    for pos, n, s in zip(seams, shape, spacing):
+        if not len(pos):
+            continue
+        lo, hi = -0.5 * float(s), (n - 0.5) * float(s)
+        spans = np.clip(np.stack([pos - distance_um, pos + distance_um], axis=1), lo, hi)
+        covered, end = 0.0, lo
+        for a, b in spans[np.argsort(spans[:, 0])]:
+            a = max(a, end)
+            if b > a:
+                covered += b - a
+                end = b
+        far *= 1.0 - covered / (hi - lo)
+    return 1.0 - far
+
+
 def seam_score(
     centroids_um: np.ndarray,
     sizes: np.ndarray,
@@ -132,10 +155,12 @@ def seam_score(
     -------
     dict
         ``has_seams``; ``band_um``; ``n_near`` and ``n_far`` (cells with the
-        centroid within / beyond the band); ``density_ratio`` (cells per area
+        centroid within / beyond the band); ``expected_near`` (cells expected
+        within the band for a uniform density); ``density_ratio`` (cells per area
         near seams over cells per area away from them); ``size_ratio`` (median
-        size near over away); ``z`` (the density ratio's log in standard
-        errors); ``profile``: relative density and size per distance bin.
+        size near over away); ``z`` (the count near seams from its expectation,
+        in binomial standard errors); ``profile``: relative
+        density and size per distance bin.
         Ratios are NaN where there are no seams or no cells on either side.
 
     Examples
@@ -162,6 +187,7 @@ def seam_score(
         "band_um": band,
         "n_near": 0,
         "n_far": int(len(centroids_um)),
+        "expected_near": math.nan,
         "density_ratio": math.nan,
         "size_ratio": math.nan,
         "z": math.nan,
@@ -169,34 +195,31 @@ def seam_score(
     }
     if not has_seams or len(centroids_um) == 0:
         return out
-    # reference points on a regular grid give the area (volume) at each distance
-    per_axis = [
-        np.linspace(0, n - 1, min(n, 40 if nd == 3 and ax == 0 else 240)) * s
-        for ax, (n, s) in enumerate(zip(shape, spacing))
-    ]
-    ref = np.full([len(a) for a in per_axis], np.inf)
-    for ax, (coords, pos) in enumerate(zip(per_axis, seams)):
-        if len(pos):
-            d = np.abs(coords[:, None] - pos[None, :]).min(axis=1)
-            ref = np.minimum(ref, d.reshape([-1 if i == ax else 1 for i in range(nd)]))
-    ref = ref.ravel()
     dist = seam_distance(centroids_um, seams)
-    near, ref_near = dist <= band, ref <= band
+    near = dist <= band
     n_near, n_far = int(near.sum()), int((~near).sum())
-    f_near, f_far = float(ref_near.mean()), float((~ref_near).mean())
+    f_near = seam_share(band, seams, shape, spacing)
+    f_far = 1.0 - f_near
     out.update(n_near=n_near, n_far=n_far)
-    if n_near and n_far and f_near > 0 and f_far > 0:
-        ratio = (n_near / f_near) / (n_far / f_far)
-        out["density_ratio"] = float(ratio)
-        out["z"] = float(math.log(ratio) / math.sqrt(1.0 / n_near + 1.0 / n_far))
+    if n_far and 0 < f_near < 1:
+        out["density_ratio"] = float((n_near / f_near) / (n_far / f_far))
+        # standard errors of the count near seams from its binomial expectation
+        n = n_near + n_far
+        out["expected_near"] = float(n * f_near)
+        out["z"] = float((n_near - n * f_near) / math.sqrt(n * f_near * f_far))
+    if n_near and n_far:
         out["size_ratio"] = float(np.median(sizes[near]) / np.median(sizes[~near]))
     # profile: density and median size per distance bin, relative to the whole scan
-    top = min(float(ref.max()), 4.0 * max(band, diameter_um / 2.0))
-    edges = np.linspace(0.0, top, 9) if top > 0 else np.array([0.0, band])
+    reach = max(
+        (float(n) * float(s) / 2 for n, s, p in zip(shape, spacing, seams) if len(p)),
+        default=band,
+    )
+    top = min(reach, 4.0 * max(band, diameter_um / 2.0))
+    edges = np.linspace(0.0, top, 9)
     counts, _ = np.histogram(dist, bins=edges)
-    area, _ = np.histogram(ref, bins=edges)
-    overall = len(dist) / len(ref)
-    density = np.where(area > 0, counts / np.maximum(area, 1) / overall, np.nan)
+    share = np.diff([seam_share(t, seams, shape, spacing) for t in edges])
+    expected = share * len(dist)
+    density = np.where(share > 0, counts / np.where(share > 0, expected, 1.0), np.nan)
     median_size = float(np.median(sizes)) if len(sizes) else math.nan
     size = []
     for lo, hi in zip(edges[:-1], edges[1:]):
@@ -355,7 +378,8 @@ def qc_warnings(summary: dict[str, Any]) -> list[str]:
         )
     seam = summary.get("seam", {})
     lo, hi = SEAM_RATIO_RANGE
-    if seam.get("has_seams") and seam.get("n_near", 0) >= SEAM_MIN_CELLS:
+    expected = seam.get("expected_near", math.nan)
+    if seam.get("has_seams") and np.isfinite(expected) and expected >= SEAM_MIN_CELLS:
         ratio, z = seam.get("density_ratio", math.nan), seam.get("z", math.nan)
         if np.isfinite(ratio) and not lo <= ratio <= hi and abs(z) >= SEAM_Z_MIN:
             what = "fewer" if ratio < 1 else "more"
@@ -405,7 +429,7 @@ def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     return buf.getvalue()
 
@@ -466,7 +490,7 @@ def figure_thumbnail(
     """The scan (one plane) with cell outlines and the tile seams, as PNG."""
     plt = _pyplot()
     h, w = image.shape
-    fig, ax = plt.subplots(figsize=(9.5, 9.5 * h / max(w, 1) + 0.4))
+    fig, ax = plt.subplots(figsize=(9.5, 9.5 * h / max(w, 1) + 0.4), layout="constrained")
     ax.imshow(outline_overlay(image, labels, low, high), interpolation="nearest")
     for y in seams[0]:
         ax.axhline(y, color="yellow", lw=0.6, ls="--", alpha=0.7)
@@ -480,7 +504,9 @@ def figure_thumbnail(
 def figure_crops(crops: Sequence[dict[str, Any]], *, low: float, high: float) -> bytes:
     """Zoomed crops side by side (``image``, ``labels``, ``title``, ``seams``), as PNG."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(crops), figsize=(3.6 * len(crops), 3.9), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(crops), figsize=(3.6 * len(crops), 3.9), squeeze=False, layout="constrained"
+    )
     for ax, crop in zip(axes[0], crops):
         ax.imshow(
             outline_overlay(crop["image"], crop["labels"], low, high), interpolation="nearest"
@@ -511,7 +537,9 @@ def figure_histograms(table: pd.DataFrame, channels: Sequence[str] = ()) -> byte
     panels = [(c, label) for c, label in panels if c in table]
     cols = 4
     rows = max(1, math.ceil(len(panels) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False, layout="constrained"
+    )
     for ax in axes.ravel():
         ax.set_visible(False)
     for ax, (col, label) in zip(axes.ravel(), panels):
@@ -526,7 +554,6 @@ def figure_histograms(table: pd.DataFrame, channels: Sequence[str] = ()) -> byte
             ax.text(0.5, 0.5, "no cells", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(label, fontsize=9)
         ax.tick_params(labelsize=8)
-    fig.tight_layout()
     return _png(fig)
 
 
@@ -535,7 +562,9 @@ def figure_tile_counts(counts: np.ndarray) -> bytes:
     plt = _pyplot()
     counts = np.asarray(counts)
     h, w = counts.shape
-    fig, ax = plt.subplots(figsize=(min(7.5, 1.2 + 0.5 * w), min(7.5, 0.9 + 0.5 * h)))
+    fig, ax = plt.subplots(
+        figsize=(min(7.5, 1.2 + 0.5 * w), min(7.5, 0.9 + 0.5 * h)), layout="constrained"
+    )
     im = ax.imshow(counts, cmap="viridis", interpolation="nearest")
     if counts.size <= 400:
         top = counts.max() if counts.size else 0
@@ -552,7 +581,7 @@ def figure_seam(seam: dict[str, Any]) -> bytes:
     """Relative density and size against the distance to the nearest tile seam, as PNG."""
     plt = _pyplot()
     prof = seam["profile"]
-    fig, axes = plt.subplots(1, 2, figsize=(8.5, 2.8))
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 2.8), layout="constrained")
     for ax, key, label in (
         (axes[0], "density", "cell density / scan mean"),
         (axes[1], "size", "median size / scan median"),
@@ -565,14 +594,13 @@ def figure_seam(seam: dict[str, Any]) -> bytes:
         finite = [v for v in prof[key] if np.isfinite(v)]
         top = max([1.5, *finite]) if finite else 1.5
         ax.set_ylim(0, top * 1.1)
-    fig.tight_layout()
     return _png(fig)
 
 
 def figure_run(tables: dict[str, pd.DataFrame], counts: dict[str, int]) -> bytes:
     """Cells per scan and the distributions of diameter compared across scans, as PNG."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
     names = list(counts)
     axes[0].barh(names, [counts[n] for n in names], color="#4477aa")
     axes[0].set_xlabel("cells")
@@ -585,7 +613,6 @@ def figure_run(tables: dict[str, pd.DataFrame], counts: dict[str, int]) -> bytes
     axes[1].set_ylabel("density")
     if tables:
         axes[1].legend(fontsize=8)
-    fig.tight_layout()
     return _png(fig)
 
 

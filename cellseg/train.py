@@ -96,21 +96,27 @@ def load_config(path: str | Path | dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- data
+SETTINGS = ("train", "heldout", "classic", "mixed")
+
+
 def synthetic_images(n: int, shape: Sequence[int], setting: str, seed: int) -> list:
-    """``n`` synthetic (image, labels, spacing) samples with randomised settings."""
+    """``n`` synthetic (normalised image, labels, spacing) samples.
+
+    Settings: ``train`` and ``heldout`` draw every generator knob at random
+    (:func:`cellseg.synth.training_pair`; ``heldout`` from ranges not used in
+    training); ``classic`` varies only nucleus size and density around the
+    generator's defaults (the look of the demo scans); ``mixed`` alternates
+    ``train`` and ``classic``.
+    """
     from cellseg import synth
 
+    if setting not in SETTINGS:
+        raise ConfigError(f"unknown synthetic setting {setting!r}; use one of {SETTINGS}.")
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(int(n)):
-        if hasattr(synth, "training_pair"):
-            try:
-                img, lab, spacing = synth.training_pair(
-                    rng, tuple(shape), len(shape), setting=setting
-                )
-            except TypeError:
-                img, lab, spacing = synth.training_pair(rng, tuple(shape), len(shape))
-        else:
+    for k in range(int(n)):
+        kind = setting if setting != "mixed" else ("train", "classic")[k % 2]
+        if kind == "classic":
             spacing = synth.default_spacing(len(shape))
             lo = float(rng.uniform(4, 9))
             img, lab = synth.synthesize_scan(
@@ -120,7 +126,10 @@ def synthetic_images(n: int, shape: Sequence[int], setting: str, seed: int) -> l
                 diameter_um=(lo, lo * float(rng.uniform(1.3, 2.0))),
                 density=float(rng.uniform(0.15, 0.6)),
             )
-        out.append((np.asarray(img, np.float32), np.asarray(lab, np.int32), tuple(spacing)))
+        else:
+            img, lab, spacing = synth.training_pair(rng, tuple(shape), len(shape), setting=kind)
+        img = normalise_sample(np.asarray(img, np.float32))
+        out.append((img, np.asarray(lab, np.int32), tuple(spacing)))
     return out
 
 
@@ -150,11 +159,23 @@ def folder_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
 
 
 def folder_images(folders: Sequence[str | Path], spatial_dims: int) -> list:
-    """Read every pair of the folders as (image, labels, spacing)."""
+    """Read every pair of the folders as (normalised image, labels, spacing).
+
+    Crops exported by ``cellseg export-training`` carry their scan's intensity
+    statistics in ``index.json``; they are normalised with those, as the scan
+    was. Other images are normalised on their own.
+    """
     from cellseg.io import read_scan
+    from cellseg.normalize import normalize
 
     out = []
     for folder in folders:
+        index = Path(folder) / "index.json"
+        scan_stats = {}
+        if index.exists():
+            for sample in json.loads(index.read_text()).get("samples", []):
+                if sample.get("normalization"):
+                    scan_stats[Path(sample["image"]).name] = sample["normalization"]
         for img_path, lab_path in folder_pairs(folder):
             scan = read_scan(img_path)
             lab = read_scan(lab_path)
@@ -164,6 +185,8 @@ def folder_images(folders: Sequence[str | Path], spatial_dims: int) -> list:
             labels = np.asarray(lab.data[0].compute()).astype(np.int32)
             if img.shape != labels.shape:
                 raise InputError(f"{img_path} and {lab_path} have different shapes.")
+            stats = scan_stats.get(img_path.name)
+            img = normalize(img, stats) if stats else normalise_sample(img)
             out.append((img, labels, scan.spacing))
     return out
 
@@ -304,8 +327,6 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
     val += folder_images(cfg["validation"]["folders"], nd)
     if not pool:
         raise ConfigError("the training config gives no training data (data.synthetic / folders).")
-    pool = [(normalise_sample(i), lab, sp) for i, lab, sp in pool]
-    val = [(normalise_sample(i), lab, sp) for i, lab, sp in val]
     log.info(
         "train: %d training and %d validation images (%.1f s)",
         len(pool),
@@ -348,7 +369,7 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         sched.step()
         ap = validate(net, spec, val, device) if val else -float(np.mean(losses))
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_ap50": ap})

@@ -70,7 +70,7 @@ def _segmented(root, name, shape, tile, pyramid_edge, seed):
     scan, _ = write_synthetic_scan(root / f"{name}.ome.tif", None, shape=shape, seed=seed)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cellseg.io, "PYRAMID_MAX_EDGE", pyramid_edge)
-        segment(scan, root / name, tile_size=tile, show_progress=False)
+        segment(scan, root / name, tile_size=tile, backend="classical", show_progress=False)
     return root / name
 
 
@@ -127,3 +127,33 @@ def qt_display():
     if probe.returncode != 0:
         why = (probe.stderr.strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
         pytest.skip(f"Qt cannot open an OpenGL window here ({why}); run `make sysdeps`")
+
+
+# ----------------------------------------------------------------------------- workflow runs
+@pytest.fixture(scope="session")
+def tiny_scan(tmp_path_factory):
+    """The tiny 2D scan of tests/workflow_helpers.py, at one absolute path for all runs."""
+    from workflow_helpers import make_scan
+
+    return make_scan(tmp_path_factory.mktemp("tiny_scan"))
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tmp_path_factory, tiny_scan):
+    """OUTDIR of an uninterrupted local workflow run on the tiny scan: the oracle of the
+    SLURM and kill/resume tests (read-only)."""
+    from workflow_helpers import (
+        SCAN,
+        output_of,
+        run,
+        snakemake_cmd,
+        tiny_config,
+        write_config,
+    )
+
+    workdir = tmp_path_factory.mktemp("tiny_reference")
+    write_config(workdir, tiny_config(tiny_scan))
+    target = f"results/{SCAN}/cells.parquet"
+    proc = run(snakemake_cmd(workdir, "--cores", "2", target), workdir)
+    assert proc.returncode == 0, output_of(proc)
+    return workdir / "results" / SCAN

@@ -75,12 +75,14 @@ def test_table_matches_labels_and_units(segmented2d):
     assert row["centroid_x_um"] == pytest.approx(xx.mean() * 0.5)
     assert row["bbox_y_start_px"] == yy.min() and row["bbox_x_stop_px"] == xx.max() + 1
     image = np.asarray(open_image(out / "nuclei.ome.zarr").data[0].compute())
-    assert row["mean_intensity"] == pytest.approx(image[yy, xx].mean())
+    assert row["intensity_mean_c0"] == pytest.approx(image[yy, xx].mean())
 
 
 def test_ids_identical_across_runs(segmented2d, scan2d_file, tmp_path):
     img, _ = scan2d_file
-    assert main(["-q", "segment", str(img), "-o", str(tmp_path), "--tile-size", "64"]) == 0
+    # the same command as the fixture's "tiled" run, in another folder
+    args = ["-q", "segment", str(img), "-o", str(tmp_path), "--tile-size", "64"]
+    assert main([*args, "--tiles-per-batch", "5"]) == 0
     assert np.array_equal(_labels(tmp_path), _labels(segmented2d / "tiled"))
     a = pd.read_parquet(tmp_path / "cells.parquet")
     b = pd.read_parquet(segmented2d / "tiled" / "cells.parquet")

@@ -270,6 +270,10 @@ def test_remeasure_reads_only_the_affected_crops(result2d, copy_result, monkeypa
     shapes.clear()
     measure(outdir, labels=C.CORRECTED, show_progress=False)
     assert shapes == []
+    # measured another way (ring width): no previous table fits, all is measured again
+    path = measure(outdir, labels=C.CORRECTED, ring_width_um=3.0, show_progress=False)
+    assert C._table_metadata(path)["cellseg.base_table"] == ""
+    assert shapes == [(200, 200)]
 
 
 def test_pyramid_is_updated_for_the_edited_region_only(result2d, copy_result):
@@ -306,6 +310,10 @@ def test_ids_are_never_reused_and_stale_edits_are_refused(result2d, copy_result)
     outdir = copy_result(result2d)
     image = outdir / "slide.ome.zarr"
     first = C.max_label_id(image) + 1
+    stitch = outdir / "work" / "stitch.json"
+    stitch.rename(outdir / "stitch.json")  # without it, the labels are read
+    assert C.max_label_id(image) + 1 == first == _labels(image, "cells").max() + 1
+    (outdir / "stitch.json").rename(stitch)
     box = ((0, 40), (0, 40))
     before = C.read_region(image, box)
     square = np.zeros(before.shape, bool)
@@ -345,8 +353,13 @@ def test_correction_session_3d(result3d, copy_result):
     victim = _whole_inside(table, box, "zyx")[0]
     after = C.delete_cells(before, [victim])
     blob = np.zeros(after.shape, bool)
-    blob[0:2, 0:3, 0:3] = True
-    after = C.paint_cell(after, blob, 5)
+    free = np.argwhere(
+        ndi.minimum_filter((after == 0).astype(np.uint8), size=(2, 3, 3), origin=(-1, -1, -1))
+    )
+    z, y, x = free[len(free) // 2]
+    blob[z : z + 2, y : y + 3, x : x + 3] = True
+    assert not after[blob].any()
+    after = C.paint_cell(after, blob, int(before.max()) + 1)
     record = C.apply_edit(image, box, after, before=before, user="tester")
     new = C.max_label_id(image) + 1
     assert record["removed"] == [victim] and record["added"] == [new]

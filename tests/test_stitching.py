@@ -22,8 +22,10 @@ def _check(whole, tiled, exact):
 @pytest.mark.parametrize("overlap", [None, 60])
 def test_tiled_equals_whole_2d(scan2d, tile_size, overlap):
     image, _, spacing = scan2d
-    whole = segment_array(image, spacing=spacing, tile_size=BIG)
-    tiled = segment_array(image, spacing=spacing, tile_size=tile_size, overlap=overlap)
+    whole = segment_array(image, spacing=spacing, tile_size=BIG, backend="classical")
+    tiled = segment_array(
+        image, spacing=spacing, tile_size=tile_size, overlap=overlap, backend="classical"
+    )
     assert whole.max() > 150
     _check(whole, tiled, exact=False)
 
@@ -31,8 +33,8 @@ def test_tiled_equals_whole_2d(scan2d, tile_size, overlap):
 @pytest.mark.parametrize("tile_size", [(20, 32, 32), 40, 64])
 def test_tiled_equals_whole_3d(scan3d, tile_size):
     image, _, spacing = scan3d
-    whole = segment_array(image, spacing=spacing, tile_size=BIG)
-    tiled = segment_array(image, spacing=spacing, tile_size=tile_size)
+    whole = segment_array(image, spacing=spacing, tile_size=BIG, backend="classical")
+    tiled = segment_array(image, spacing=spacing, tile_size=tile_size, backend="classical")
     assert whole.max() > 40
     _check(whole, tiled, exact=False)
 
@@ -44,8 +46,10 @@ def test_cells_on_seams_corners_and_larger_than_the_halo(tile_size, overlap):
     spacing = (0.5, 0.5)
     be = ClassicalBackend()
     assert default_halo_px(be, spacing) < 60  # the large cell is wider than any halo here
-    whole = segment_array(image, spacing=spacing, tile_size=BIG)
-    tiled = segment_array(image, spacing=spacing, tile_size=tile_size, overlap=overlap)
+    whole = segment_array(image, spacing=spacing, tile_size=BIG, backend="classical")
+    tiled = segment_array(
+        image, spacing=spacing, tile_size=tile_size, overlap=overlap, backend="classical"
+    )
     # every true cell is found once, whole, in both
     for result in (whole, tiled):
         r = match_instances(truth, result, 0.75)
@@ -58,8 +62,8 @@ def test_cells_on_seams_corners_and_larger_than_the_halo(tile_size, overlap):
 
 def test_ids_are_deterministic_and_unique(scan2d):
     image, _, spacing = scan2d
-    a = segment_array(image, spacing=spacing, tile_size=64)
-    b = segment_array(image, spacing=spacing, tile_size=64)
+    a = segment_array(image, spacing=spacing, tile_size=64, backend="classical")
+    b = segment_array(image, spacing=spacing, tile_size=64, backend="classical")
     assert np.array_equal(a, b)
     ids = np.unique(a[a > 0])
     # ids 1..N, each used by one connected cell
@@ -74,6 +78,6 @@ def test_ids_are_deterministic_and_unique(scan2d):
 
 def test_classical_finds_synthetic_nuclei(scan2d):
     image, truth, spacing = scan2d
-    labels = segment_array(image, spacing=spacing, tile_size=128)
+    labels = segment_array(image, spacing=spacing, tile_size=128, backend="classical")
     r = match_instances(truth, labels, 0.5)
     assert r["precision"] > 0.75 and r["recall"] > 0.5, r

@@ -167,7 +167,8 @@ def test_tiny_run(tmp_path):
         assert (out / "work" / "ingest.json").is_file()
         assert (out / "work" / "stitch.json").is_file()
         assert (out / "cells.parquet").is_file()
-        for stage in ("synth", "ingest", "plan", "stitch", "measure"):
+        assert (out / "report.html").is_file()
+        for stage in ("synth", "ingest", "plan", "stitch", "measure", "report"):
             assert (out / "logs" / f"{stage}.log").is_file(), stage
 
         batches = json.loads((out / "work" / "tiles.json").read_text())["batches"]
@@ -186,6 +187,13 @@ def test_tiny_run(tmp_path):
 
         table = pd.read_parquet(out / "cells.parquet")
         assert sorted(table["cell_id"].tolist()) == ids.tolist()
+
+    # The run's combined table (a scan column first) and its report.
+    combined = pd.read_parquet(tmp_path / "results" / "cells.parquet")
+    assert combined.columns[0] == "scan"
+    assert set(combined["scan"].astype(str)) == {"tiny2d", "tiny3d"}
+    run_report = (tmp_path / "results" / "report.html").read_text()
+    assert "tiny2d/report.html" in run_report and "tiny3d/report.html" in run_report
 
     # Everything is up to date: a second run has nothing to do.
     proc = snakemake(tmp_path, "-n", "--configfile", str(config))

@@ -1,4 +1,4 @@
-"""napari sample data: small synthetic scans, segmented by cellseg on first use.
+"""napari sample data: small synthetic scans, segmented on first use (classical backend).
 
 The results are kept in ``$CELLSEG_SAMPLE_DIR`` (default
 ``~/.cache/cellseg/napari-samples``), so corrections made on a sample are
@@ -13,7 +13,7 @@ from typing import Any
 
 #: name → (shape, tile size) of each sample scan.
 SAMPLES = {
-    "synthetic2d": ((384, 384), 128),
+    "synthetic2d": ((256, 256), 128),
     "synthetic3d": ((16, 128, 128), 64),
 }
 
@@ -29,20 +29,23 @@ def sample_dir() -> Path:
 
 def make_sample(name: str, root: Path | None = None) -> Path:
     """Synthesize and segment sample `name` unless it is there already; return its folder."""
+    from cellseg.corrections import find_image
     from cellseg.pipeline import segment
     from cellseg.synth import write_synthetic_scan
 
     shape, tile = SAMPLES[name]
     outdir = (root or sample_dir()) / name
+    if (outdir / "cells.parquet").exists() and find_image(outdir) is not None:
+        return outdir
     scan = outdir / "scan" / f"{name}.ome.tif"
     if not scan.exists():
         write_synthetic_scan(scan, None, shape=shape, seed=len(shape))
-    segment(scan, outdir, tile_size=tile, show_progress=False)
+    segment(scan, outdir, tile_size=tile, backend="classical", show_progress=False)
     return outdir
 
 
 def sample_2d() -> list[tuple[Any, dict, str]]:
-    """A 384 × 384 px synthetic nuclei scan (0.5 µm pixels) with its cells and table."""
+    """A 256 × 256 px synthetic nuclei scan (0.5 µm pixels) with its cells and table."""
     from cellseg.napari._reader import read_result
 
     return read_result(make_sample("synthetic2d"))

@@ -258,7 +258,7 @@ class CellReviewWidget(QWidget):
     def _refresh_sources(self, event: Any = None) -> None:
         sources = self._sources()
         names = [layer.name for layer in sources]
-        current = self.layer.name if self.layer is not None and self.layer in sources else None
+        current = self.layer.name if self.layer is not None and self.layer.name in names else None
         if current is None and sources:
             visible = [s for s in sources if s.visible] or sources
             current = visible[-1].name
@@ -272,7 +272,7 @@ class CellReviewWidget(QWidget):
             self.layer = None
             self.table = pd.DataFrame()
             self._update_view()
-        elif self.layer is None or self.layer.name != current or self.layer not in sources:
+        elif self.layer is None or self.layer.name != current:
             self.set_layer(sources[names.index(current)])
 
     def _on_source(self, index: int) -> None:
@@ -337,8 +337,11 @@ class CellReviewWidget(QWidget):
         selected = self.color_combo.currentText()
         self.color_combo.clear()
         self.color_combo.addItems(numeric)
-        if selected in numeric:
-            self.color_combo.setCurrentText(selected)
+        preferred = [selected, "area_um2", "volume_um3"]
+        for column in preferred:
+            if column in numeric:
+                self.color_combo.setCurrentText(column)
+                break
         self._update_view()
 
     def _apply_filter_text(self) -> None:
@@ -368,6 +371,12 @@ class CellReviewWidget(QWidget):
             raise ValueError(f"the table has no column {column!r}")
         self._sort = (column, bool(ascending))
         self._update_view()
+        if column in self.model._columns:
+            order = Qt.SortOrder.AscendingOrder if ascending else Qt.SortOrder.DescendingOrder
+            header = self.table_view.horizontalHeader()
+            header.blockSignals(True)
+            header.setSortIndicator(self.model._columns.index(column), order)
+            header.blockSignals(False)
         return self.shown
 
     def _update_view(self) -> None:
@@ -439,8 +448,8 @@ class CellReviewWidget(QWidget):
         for axis, value in point.items():
             if axis + offset not in displayed:
                 self.viewer.dims.set_point(axis + offset, value)
-        self.viewer.camera.center = tuple(point[a - offset] for a in displayed if a >= offset)
-        self.viewer.camera.zoom = zoom
+        camera(self.viewer).center = tuple(point[a - offset] for a in displayed if a >= offset)
+        camera(self.viewer).zoom = zoom
         self.layer.selected_label = int(cell_id)
         self.current_id = int(cell_id)
         self._say(f"cell {cell_id}")
@@ -496,8 +505,8 @@ class CellReviewWidget(QWidget):
         ndim = self.layer.ndim
         point = list(self.viewer.dims.point)[-ndim:]
         box = _review.view_box(
-            list(self.viewer.camera.center)[-2:],
-            self.viewer.camera.zoom,
+            list(camera(self.viewer).center)[-2:],
+            camera(self.viewer).zoom,
             _canvas_size(self.viewer),
             point,
             self.spacing,
@@ -558,8 +567,7 @@ class CellReviewWidget(QWidget):
         """Set the edit layer's paint label to an id no cell has (for a missed cell)."""
         if self.edit is None:
             raise RuntimeError("no edit is open: use Edit view or Edit cell first")
-        data = np.asarray(self.edit.layer.data)
-        label = max(self._fresh_id(data), int(self.edit.layer.selected_label) + 1)
+        label = self._fresh_id(np.asarray(self.edit.layer.data))
         self.edit.layer.selected_label = label
         self.edit.layer.mode = "paint"
         return label
@@ -643,6 +651,12 @@ class CellReviewWidget(QWidget):
         self.set_layer(layer)
         self._say(f"re-measured: {path.name} ({len(self.table)} cells)")
         return path
+
+
+def camera(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9 on, else ``viewer.camera``)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
 
 
 def _canvas_size(viewer: Any) -> tuple[int, int]:

@@ -7,9 +7,16 @@ import os
 import re
 import shlex
 
+from cellseg.errors import CellsegError
+from cellseg.scans import expand_scans, format_summary, scan_outcomes, write_summary
+
 
 RESULTS = os.path.normpath(config["results"])
-SCANS = config["scans"]
+# Scans listed by name (`scans`) and matched by glob patterns (`inputs`).
+try:
+    SCANS = expand_scans(config["scans"], config["inputs"])
+except CellsegError as error:
+    raise WorkflowError(f"Invalid config: {error}") from None
 
 
 def _alternatives(names):
@@ -46,12 +53,31 @@ def _options(*pairs):
 
 
 def all_targets():
-    """Final outputs of every scan."""
+    """Final outputs of every scan, and the run's combined table and report."""
     return [
         path
         for scan in sorted(SCANS)
-        for path in (f"{RESULTS}/{scan}/cells.parquet", f"{RESULTS}/{scan}/work/stitch.json")
-    ]
+        for path in (
+            f"{RESULTS}/{scan}/cells.parquet",
+            f"{RESULTS}/{scan}/work/stitch.json",
+            f"{RESULTS}/{scan}/report.html",
+        )
+    ] + [f"{RESULTS}/cells.parquet", f"{RESULTS}/report.html"]
+
+
+def scan_tables(wildcards=None):
+    """Every scan's cell table, in scan order."""
+    return [f"{RESULTS}/{scan}/cells.parquet" for scan in sorted(SCANS)]
+
+
+def scan_reports(wildcards=None):
+    """Every scan's QC report, in scan order."""
+    return [f"{RESULTS}/{scan}/report.html" for scan in sorted(SCANS)]
+
+
+def scan_outdirs(wildcards=None):
+    """Every scan's OUTDIR, quoted for the command line."""
+    return " ".join(shlex.quote(f"{RESULTS}/{scan}") for scan in sorted(SCANS))
 
 
 def scan_outdir(wildcards):
@@ -101,6 +127,7 @@ def plan_options(wildcards):
         # The automatic halo depends on the backend and model.
         ("--backend", config["backend"]),
         ("--model", config["model"]),
+        ("--diameter", _scan_setting(wildcards.scan, "diameter")),
     )
 
 
@@ -116,6 +143,42 @@ def segment_options(wildcards):
 def segment_gpus(wildcards):
     """One GPU per segment_tiles job when the config asks for CUDA."""
     return 1 if config["device"] == "cuda" else 0
+
+
+def segment_partition():
+    """`slurm_partition` of segment_tiles on CUDA with a `gpu_partition`, else nothing
+    (the profile's default-resources then apply)."""
+    if config["device"] == "cuda" and config["gpu_partition"]:
+        return {"slurm_partition": config["gpu_partition"]}
+    return {}
+
+
+def dask_options(wildcards, threads):
+    """`--threads` and `--scheduler` of the stages with chunk-parallel array work."""
+    return _options(("--threads", threads), ("--scheduler", config["scheduler"]))
+
+
+def mem_mb(base):
+    """mem_mb resource: `base` MB, doubled on each retry (--retries) after a failure
+    such as an out-of-memory kill."""
+    return lambda wildcards, attempt: base * 2 ** (attempt - 1)
+
+
+def runtime(base):
+    """runtime resource in minutes: `base`, and `base` more on each retry (after a
+    time-out)."""
+    return lambda wildcards, attempt: base * attempt
+
+
+def summarize_run():
+    """Print which scans succeeded (and why the others did not) and write
+    {results}/summary.tsv."""
+    outcomes = scan_outcomes(RESULTS, SCANS)
+    try:
+        write_summary(f"{RESULTS}/summary.tsv", outcomes)
+    except OSError as error:
+        print(f"cellseg: cannot write {RESULTS}/summary.tsv: {error}")
+    print(format_summary(outcomes))
 
 
 def batch_candidates(wildcards):

@@ -14,10 +14,13 @@ rule ingest:
     params:
         outdir=scan_outdir,
         options=ingest_options,
+        dask=dask_options,
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=mem_mb(4000),
+        runtime=runtime(60),
     conda:
         "../../environment.yml"
     shell:
-        "cellseg ingest {input.image:q} -o {params.outdir:q} {params.options} > {log:q} 2>&1"
+        "cellseg ingest {input.image:q} -o {params.outdir:q} {params.options} {params.dask}"
+        " > {log:q} 2>&1"

@@ -10,10 +10,12 @@ rule measure:
         f"{RESULTS}/{{scan}}/logs/measure.log",
     params:
         outdir=scan_outdir,
-    threads: 1
+        dask=dask_options,
+    threads: config["threads"]
     resources:
-        mem_mb=8000,
+        mem_mb=mem_mb(4000),
+        runtime=runtime(120),
     conda:
         "../../environment.yml"
     shell:
-        "cellseg measure {params.outdir:q} > {log:q} 2>&1"
+        "cellseg measure {params.outdir:q} {params.dask} > {log:q} 2>&1"

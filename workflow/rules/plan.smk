@@ -14,7 +14,8 @@ checkpoint plan:
         options=plan_options,
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
+        runtime=runtime(10),
     conda:
         "../../environment.yml"
     shell:

@@ -1,6 +1,7 @@
 # Segment one batch of tiles into candidate objects (work/tiles/{batch}.npz).
 # One job per batch listed in work/tiles.json; with `device: cuda` each job
-# asks for one GPU.
+# asks for one GPU (in the `gpu_partition`). The slurm profile groups several
+# batches of a scan into one cluster job.
 
 
 rule segment_tiles:
@@ -15,8 +16,13 @@ rule segment_tiles:
         options=segment_options,
     threads: config["threads"]
     resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        mem_mb=mem_mb(8000),
+        runtime=runtime(60),
         gpu=segment_gpus,
+        **segment_partition(),
+        # The slurm profile allows one slot per cluster job: a group job runs
+        # its batches one after the other, asking for one batch's resources.
+        segment_slots=1,
     conda:
         "../../environment.yml"
     shell:

@@ -12,10 +12,12 @@ rule stitch:
         f"{RESULTS}/{{scan}}/logs/stitch.log",
     params:
         outdir=scan_outdir,
-    threads: 1
+        dask=dask_options,
+    threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=mem_mb(4000),
+        runtime=runtime(120),
     conda:
         "../../environment.yml"
     shell:
-        "cellseg stitch {params.outdir:q} > {log:q} 2>&1"
+        "cellseg stitch {params.outdir:q} {params.dask} > {log:q} 2>&1"

@@ -1,0 +1,151 @@
+"""Chunk-parallel array work with dask: local threads or a dask.distributed cluster.
+
+Stages whose work is array work over the whole scan (the image and label
+pyramids, measuring) express it as dask tasks of one chunk each. Inside
+:func:`dask_scheduler` they run on ``threads`` local threads, or on the
+dask.distributed scheduler at ``address`` (``--scheduler`` on the command line,
+``scheduler`` in the workflow config). Memory is bounded by the chunks in
+flight: about one chunk per thread or worker.
+
+``distributed`` is optional: it is imported only when an address is given.
+The workers must see the same file system as the process that submits the
+work (paths are passed, not pixels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from cellseg.errors import ConfigError
+
+CONNECT_TIMEOUT_S = 30
+# The distributed client of the innermost dask_scheduler block, if any.
+_CLIENT: contextvars.ContextVar[Any] = contextvars.ContextVar("cellseg_dask_client", default=None)
+# Local threads of the innermost dask_scheduler block.
+_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "cellseg_dask_threads", default=None
+)
+
+
+@contextlib.contextmanager
+def dask_scheduler(threads: int | None = None, address: str | None = None) -> Iterator[None]:
+    """Run the dask computations started inside the block with this scheduler.
+
+    Parameters
+    ----------
+    threads : int, optional
+        Local worker threads (default: the CPUs this process may use).
+    address : str, optional
+        Address of a running dask.distributed scheduler, e.g.
+        ``tcp://10.0.0.5:8786``; the computations then run on its workers.
+
+    Raises
+    ------
+    ConfigError
+        If `address` is given but ``distributed`` is not installed or the
+        scheduler cannot be reached.
+    """
+    import dask
+
+    threads_token = _THREADS.set(threads)
+    try:
+        if not address:
+            with dask.config.set(scheduler="threads", num_workers=threads or available_cpus()):
+                yield
+            return
+        client = connect(address)
+        token = _CLIENT.set(client)
+        try:
+            with dask.config.set(scheduler=client.get):
+                yield
+        finally:
+            _CLIENT.reset(token)
+            client.close()
+    finally:
+        _THREADS.reset(threads_token)
+
+
+@contextlib.contextmanager
+def local_threads() -> Iterator[None]:
+    """Run the dask computations inside the block on this process's threads.
+
+    For work that reads the input scan: its dask graph holds open file
+    handles, which cannot be sent to dask.distributed workers. Outside a
+    :func:`dask_scheduler` block with an address this changes nothing.
+    """
+    import dask
+
+    if _CLIENT.get() is None:
+        yield
+        return
+    token = _CLIENT.set(None)
+    try:
+        workers = _THREADS.get() or available_cpus()
+        with dask.config.set(scheduler="threads", num_workers=workers):
+            yield
+    finally:
+        _CLIENT.reset(token)
+
+
+def connect(address: str) -> Any:
+    """A ``distributed.Client`` connected to the scheduler at `address`."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ConfigError(
+            f"--scheduler {address} needs dask.distributed, which is not installed; "
+            "install it (pip install distributed) or leave --scheduler out to use local threads."
+        ) from None
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot reach the dask scheduler at {address!r} ({type(exc).__name__}: {exc}); "
+            "check the address (e.g. tcp://HOST:8786) and that the scheduler runs, "
+            "or leave --scheduler out to use local threads."
+        ) from None
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a SLURM allocation)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def map_chunks(
+    func: Callable[[Any], Any], items: Iterable[Any], *, threads: int | None = None
+) -> Iterator[Any]:
+    """``func(item)`` for every item, in order, chunk-parallel.
+
+    Inside :func:`dask_scheduler` with an address the calls run on the
+    dask.distributed workers (`func` is pickled with cloudpickle); otherwise
+    on `threads` local threads (None: every available CPU; 1: in this thread).
+    Each item should stand for one chunk of work, so that memory is bounded
+    by the chunks in flight.
+
+    Examples
+    --------
+    >>> list(map_chunks(lambda x: x * x, range(5), threads=2))
+    [0, 1, 4, 9, 16]
+    """
+    items = list(items)
+    client = _CLIENT.get()
+    if client is not None:
+        for future in client.map(func, items, pure=False):
+            yield future.result()
+            future.release()
+        return
+    workers = threads or available_cpus()
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield func(item)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(func, items)

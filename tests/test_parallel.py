@@ -1,0 +1,74 @@
+"""Chunk-parallel work: local threads, and a dask.distributed scheduler (--scheduler)."""
+
+from __future__ import annotations
+
+import builtins
+import shutil
+import threading
+
+import dask
+import pandas as pd
+import pytest
+
+from cellseg import cli
+from cellseg.errors import ConfigError
+from cellseg.parallel import dask_scheduler, local_threads, map_chunks
+
+
+def test_map_chunks_keeps_the_order_and_uses_threads():
+    seen = set()
+
+    def square(x):
+        seen.add(threading.get_ident())
+        return x * x
+
+    assert list(map_chunks(square, range(20), threads=3)) == [x * x for x in range(20)]
+    assert list(map_chunks(square, [], threads=3)) == []
+    seen.clear()
+    assert list(map_chunks(square, range(5), threads=1)) == [0, 1, 4, 9, 16]
+    assert seen == {threading.get_ident()}
+
+
+def test_dask_scheduler_sets_the_local_threads():
+    with dask_scheduler(threads=3):
+        assert dask.config.get("scheduler") == "threads"
+        assert dask.config.get("num_workers") == 3
+        with local_threads():  # no distributed client: nothing changes
+            assert dask.config.get("num_workers") == 3
+
+
+def test_a_scheduler_address_without_distributed_is_a_clear_error(monkeypatch, result2d, capsys):
+    real_import = builtins.__import__
+
+    def no_distributed(name, *args, **kwargs):
+        if name == "distributed" or name.startswith("distributed."):
+            raise ImportError("No module named 'distributed'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_distributed)
+    with pytest.raises(ConfigError, match="needs dask.distributed"):
+        with dask_scheduler(address="tcp://127.0.0.1:8786"):
+            pass
+    assert cli.main(["measure", str(result2d), "--scheduler", "tcp://127.0.0.1:8786"]) == 2
+    err = capsys.readouterr().err
+    assert "cellseg measure: error: --scheduler tcp://127.0.0.1:8786 needs dask.distributed" in err
+
+
+def test_stages_on_a_distributed_scheduler_give_the_same_outputs(tmp_path, result2d):
+    distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
+    out = tmp_path / "result"
+    shutil.copytree(result2d, out)
+    image = next(out.glob("*.ome.zarr"))
+    labels = (image / "labels" / "cells" / "0").rglob("*")
+    before = {p.relative_to(image): p.read_bytes() for p in labels if p.is_file()}
+    table = pd.read_parquet(out / "cells.parquet")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        address = cluster.scheduler_address
+        assert cli.main(["-q", "stitch", str(out), "--force", "--scheduler", address]) == 0
+        assert cli.main(["-q", "measure", str(out), "--force", "--scheduler", address]) == 0
+    labels = (image / "labels" / "cells" / "0").rglob("*")
+    after = {p.relative_to(image): p.read_bytes() for p in labels if p.is_file()}
+    assert after == before
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "cells.parquet"), table)
