@@ -610,6 +610,7 @@ def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = Fals
     meta = Candidates.concat(metas, nd)
     part_of = np.concatenate([np.full(len(m), k) for k, m in enumerate(metas)] or [[]]).astype(int)
     local_of = np.concatenate([np.arange(len(m)) for m in metas] or [[]]).astype(int)
+    del metas  # the concatenated copy is all that is needed: memory of one row per candidate
     source = MaskSource(
         meta,
         loader=lambda k: Candidates.load(batch_path(outdir, batches[k])),
@@ -621,13 +622,13 @@ def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = Fals
     members = members_by_tile(meta, tiles, core_shape, result)
     img = image_path(outdir, info)
     labels = create_labels(img, "cells", tuple(content["shape"]), tuple(core_shape))
-    present = set()
+    present = np.zeros(result.n_cells + 1, bool)  # ids painted (a byte per id, not a set)
     for t in progress(tiles, desc="stitch", enabled=show_progress):
         region = paint_region(source, result, t.core, members.get(t.index, []))
         if region.any():
             labels[t.core_slices] = region
-            present.update(np.unique(region[region > 0]).tolist())
-    n_cells = len(present)
+            present[np.unique(region)] = True
+    n_cells = int(np.count_nonzero(present[1:]))
     attrs = {
         "n_cells": n_cells,
         "plan": content["fingerprint"],
