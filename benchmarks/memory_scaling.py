@@ -167,9 +167,10 @@ def report(runs: list[Run], pairs) -> str:
         f"{'scan':>12}  {'stage':<14} {'peak RSS':>9}  {'time':>8}  {'per pixel':>10}",
     ]
     for r in runs:
+        # segment-tiles runs one batch: a time per pixel of the scan means nothing there.
+        per_pixel = "      -   " if r.stage == "segment-tiles" else f"{r.ns_per_pixel:7.0f} ns"
         lines.append(
-            f"{r.scan:>12}  {r.stage:<14} {r.peak_mb:7.0f} MB  {r.seconds:7.1f} s"
-            f"  {r.ns_per_pixel:7.0f} ns"
+            f"{r.scan:>12}  {r.stage:<14} {r.peak_mb:7.0f} MB  {r.seconds:7.1f} s  {per_pixel}"
         )
     lines.append("")
     lines.append(f"{'pair':>26}  {'stage':<14} {'memory ratio':>12}  {'time ratio':>10}")
