@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cellseg.errors import InputError
-from cellseg.metrics import DEFAULT_THRESHOLDS, error_counts, match_instances
+from cellseg.metrics import DEFAULT_THRESHOLDS, error_counts, matching_table
 
 
 def read_label_image(path: str | Path) -> np.ndarray:
@@ -37,7 +37,7 @@ def evaluate_arrays(
     gt: np.ndarray, pred: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
 ) -> dict:
     """All metrics of a prediction: per-threshold matching, mean AP and error counts."""
-    rows = [match_instances(gt, pred, t) for t in thresholds]
+    rows = matching_table(gt, pred, thresholds)
     return {
         "thresholds": rows,
         "mean_ap": float(np.mean([r["ap"] for r in rows])) if rows else 0.0,

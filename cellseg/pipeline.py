@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -867,12 +866,6 @@ def segment(
         "report": str(qc),
         "n_cells": summary["n_cells"],
     }
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a folder if it exists."""
-    if Path(path).exists():
-        shutil.rmtree(path)
 
 
 # ----------------------------------------------------------------------------- in memory
