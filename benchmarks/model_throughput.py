@@ -3,7 +3,8 @@
 Synthesizes a 2D and a 3D scan, then measures
 
 * the network alone: every tile's halo crop of the scan's plan, run through the
-  U-Net in batches (``--batch-size``), no post-processing;
+  U-Net in batches (``--batch-size``; for the 3D model, over the three plane
+  families of each crop), no post-processing;
 * the whole pipeline: ``cellseg segment`` on the same scan (ingest, plan, model,
   post-processing, stitching, measuring), as a subprocess;
 
@@ -45,12 +46,13 @@ def forward_throughput(image: np.ndarray, spacing, tile_size: int, batch_size: i
     net, _ = load_model(spec["path"], device)
     stats = compute_scan_stats(image)
     crops = [normalize(image[t.halo_slices], stats) for t in tiles]
-    predict_maps(net, crops[:batch_size], spec, device)  # warm up
+    seen = be.model_spacing(spacing)
+    predict_maps(net, crops[:batch_size], spec, device, spacing=seen)  # warm up
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for i in range(0, len(crops), batch_size):
-        predict_maps(net, crops[i : i + batch_size], spec, device)
+        predict_maps(net, crops[i : i + batch_size], spec, device, spacing=seen)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

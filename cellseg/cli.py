@@ -37,13 +37,26 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _diameter(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of µm nor auto") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the diameter must be positive")
+    return value
+
+
 def _add_diameter(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--diameter",
-        type=float,
-        metavar="UM",
-        help="typical nucleus diameter in µm, for the model backend (default: from the "
-        "pixel size and the model's training size)",
+        type=_diameter,
+        metavar="UM|auto",
+        help="typical nucleus diameter in µm, for the model backend; auto measures it "
+        "with the model on sample crops (default: no rescaling; the shipped models "
+        "cover nuclei of about 8-64 px across)",
     )
 
 
@@ -76,8 +89,8 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
 def _add_backend_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     p.add_argument(
         "--backend",
-        help="segmentation backend: model (a trained network; default for 2D scans) or "
-        "classical (default for 3D scans)" + ("" if defaults else "; default: the plan's"),
+        help="segmentation backend: model (a trained network; the default) or classical"
+        + ("" if defaults else "; default: the plan's"),
     )
     p.add_argument(
         "--model", metavar="NAME|PATH", help="shipped model name or model folder (backend model)"
@@ -168,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="write the tile plan OUTDIR/work/tiles.json")
     p.add_argument("outdir", type=Path)
     _add_plan_options(p)
-    p.add_argument("--backend", help="model or classical (default: model in 2D, classical in 3D)")
+    p.add_argument("--backend", help="model (default) or classical")
     p.add_argument("--model", metavar="NAME|PATH")
     _add_diameter(p)
 

@@ -302,7 +302,7 @@ def plan(
     tiles_per_batch: int = 16,
     backend: str | None = None,
     model: str | None = None,
-    diameter: float | None = None,
+    diameter: float | str | None = None,
 ) -> dict:
     """Write the tile plan ``work/tiles.json``.
 
@@ -319,9 +319,11 @@ def plan(
         Tiles per batch (one segment job of the workflow).
     backend, model : str, optional
         Segmentation backend and model (see :func:`cellseg.backends.get_backend`).
-    diameter : float, optional
+    diameter : float or "auto", optional
         Typical nucleus diameter of the scan in µm, for model backends (crops are
-        rescaled to the model's training size); default from the pixel size.
+        rescaled to the model's training size); ``"auto"`` measures it with the
+        model on sample crops (:func:`cellseg.backends.estimate_diameter_um`);
+        default: no rescaling.
 
     Returns
     -------
@@ -337,7 +339,13 @@ def plan(
     info = read_json(work_dir(outdir) / "ingest.json", "ingest")
     spacing = info["spacing"]
     shape = info["shape"]
-    options = {"diameter_um": diameter} if diameter else {}
+    path = work_dir(outdir) / "tiles.json"
+    options = {}
+    if diameter == "auto":
+        est = _auto_diameter(outdir, info, path, backend, model)
+        options = {"diameter_um": est} if est else {}
+    elif diameter:
+        options = {"diameter_um": float(diameter)}
     be = get_backend(backend, model, ndim=len(shape), **options)
     core_shape, halo, margin, overlap_px = tile_geometry(
         shape, spacing, be, tile_size, overlap, source=str(outdir), axes=info["axes"]
@@ -352,14 +360,13 @@ def plan(
         "overlap_px": overlap_px,
         "halo": halo,
         "margin": margin,
-        "backend": {"name": be.name, "model": model, "options": options},
+        "backend": {"name": be.name, "model": model, "options": options, "diameter": diameter},
         "stats_fingerprint": fingerprint(info["stats"]),
         "tiles": [t.to_dict() for t in tiles],
         "batch_tiles": batches,
     }
     content["fingerprint"] = fingerprint(content)
     content["batches"] = list(batches)
-    path = work_dir(outdir) / "tiles.json"
     if path.exists():
         old = json.loads(path.read_text())
         if old.get("fingerprint") == content["fingerprint"]:
@@ -374,6 +381,31 @@ def plan(
         len(batches),
     )
     return content
+
+
+def _auto_diameter(outdir: Path, info: dict, plan_path: Path, backend, model) -> float | None:
+    """The scan's nucleus diameter measured by the model (reused from an earlier plan
+    of the same scan, backend and model, so that replanning keeps the tiles' results)."""
+    from cellseg.backends import default_backend_name, estimate_diameter_um
+    from cellseg.io import open_image
+
+    name = backend or default_backend_name(len(info["shape"]))
+    if name != "model":
+        log.info("plan: --diameter auto is for the model backend; %s ignores it", name)
+        return None
+    if plan_path.exists():
+        old = json.loads(plan_path.read_text())
+        same = old.get("stats_fingerprint") == fingerprint(info["stats"])
+        ob = old.get("backend", {})
+        if same and ob.get("diameter") == "auto" and ob.get("model") == model:
+            return ob.get("options", {}).get("diameter_um")
+    image = open_image(image_path(outdir, info)).data[info["channel"]]
+    est = estimate_diameter_um(image, info["spacing"], info["stats"], model=model)
+    if est is None:
+        log.warning("plan: no nuclei found to estimate the diameter; not rescaling")
+    else:
+        log.info("plan: estimated nucleus diameter %.1f µm", est)
+    return est
 
 
 def tile_geometry(

@@ -87,7 +87,8 @@ def load_config(path: str | Path | dict) -> dict:
     if not cfg["out"]:
         raise ConfigError("the training config needs `out`: the model folder to write.")
     shape = [256, 256] if nd == 2 else [24, 96, 96]
-    patch = [128, 128] if nd == 2 else [16, 64, 64]
+    # 3D models are orthogonal-view models by default: they train on 2D planes
+    patch = [128, 128]
     for part in ("data", "validation"):
         if cfg[part]["synthetic"]:
             cfg[part]["synthetic"]["shape"] = cfg[part]["synthetic"]["shape"] or shape
@@ -220,13 +221,52 @@ def _augment():
     )
 
 
-def sample_batch(pool: list, rng: np.random.Generator, batch: int, patch: Sequence[int], aug):
-    """Random patches of the pool, augmented, with their targets: (x, y) arrays."""
-    from cellseg.model import labels_to_targets
+def random_plane(
+    img: np.ndarray,
+    lab: np.ndarray,
+    spacing: Sequence[float],
+    rng: np.random.Generator,
+    factor: int,
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """One random xy, xz or yz plane of a stack, as an orthogonal-view model sees it.
 
+    xz and yz planes are resampled along z ``factor`` times finer
+    (:func:`cellseg.model.upsample_z` for the image, nearest plane for the labels).
+    """
+    from cellseg.model import upsample_z
+
+    axis = int(rng.integers(3))
+    i = int(rng.integers(img.shape[axis]))
+    if axis == 0:
+        return img[i], lab[i], (float(spacing[1]), float(spacing[2]))
+    im, lb = np.take(img, i, axis=axis), np.take(lab, i, axis=axis)
+    nz = im.shape[0]
+    nearest = np.minimum((np.arange(nz * factor) / factor + 0.5).astype(int), nz - 1)
+    other = float(spacing[3 - axis])
+    return upsample_z(im, factor), lb[nearest], (float(spacing[0]) / factor, other)
+
+
+def sample_batch(
+    pool: list,
+    rng: np.random.Generator,
+    batch: int,
+    patch: Sequence[int],
+    aug,
+    spec: dict | None = None,
+):
+    """Random patches of the pool, augmented, with their targets: (x, y) arrays.
+
+    With the ``spec`` of an orthogonal-view model, each patch comes from a
+    random plane of a random stack (:func:`random_plane`).
+    """
+    from cellseg.model import labels_to_targets, plane_factor
+
+    planes = spec is not None and spec.get("views") == "orthogonal"
     xs, ys = [], []
     for _ in range(batch):
         img, lab, spacing = pool[int(rng.integers(len(pool)))]
+        if planes:
+            img, lab, spacing = random_plane(img, lab, spacing, rng, plane_factor(spec, spacing))
         sl = []
         for n, p in zip(img.shape, patch):
             start = int(rng.integers(0, max(n - p, 0) + 1))
@@ -234,7 +274,8 @@ def sample_batch(pool: list, rng: np.random.Generator, batch: int, patch: Sequen
         sl = tuple(sl)
         x, y = img[sl], lab[sl]
         pad = [(0, max(p - n, 0)) for n, p in zip(x.shape, patch)]
-        x, y = np.pad(x, pad, mode="reflect"), np.pad(y, pad)
+        # labels mirror with the image: a padded nucleus is still a nucleus
+        x, y = np.pad(x, pad, mode="reflect"), np.pad(y, pad, mode="reflect")
         if len(patch) == 2 and rng.random() < 0.5:
             x, y = np.swapaxes(x, 0, 1), np.swapaxes(y, 0, 1)
         d = aug({"image": x[None].copy(), "label": y[None].copy()})
@@ -251,14 +292,14 @@ def validate(net, spec: dict, val: list, device: str) -> float:
     import torch
 
     from cellseg.metrics import match_instances
-    from cellseg.model import predict_maps, targets_to_labels
+    from cellseg.model import postprocess, predict_maps
 
     net.eval()
     aps = []
     with torch.inference_mode():
-        for img, lab, _ in val:
-            ((fg, centre),) = predict_maps(net, [img], spec, device)
-            pred = targets_to_labels(fg, centre, **spec.get("postprocess", {}))
+        for img, lab, spacing in val:
+            (maps,) = predict_maps(net, [img], spec, device, spacing=spacing)
+            pred = postprocess(maps, spec, spacing)
             aps.append(match_instances(lab, pred, 0.5)["ap"])
     net.train()
     return float(np.mean(aps)) if aps else 0.0
@@ -278,6 +319,7 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
         build_network,
         default_spec,
         load_state,
+        network_dims,
         read_spec,
         resolve_device,
         resolve_model_path,
@@ -297,6 +339,15 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
     if cfg["init"]:
         init = resolve_model_path(cfg["init"], nd)
         spec = read_spec(init)
+        if int(spec["spatial_dims"]) != nd:
+            # a 2D model initialises an orthogonal-view 3D model: same network
+            base = dict(default_spec(nd), **cfg["model"])
+            if network_dims(base) != network_dims(spec):
+                raise ConfigError(
+                    f"init model {init} is {spec['spatial_dims']}D; it cannot start a "
+                    f"{nd}D model with a {network_dims(base)}D network."
+                )
+            spec = dict(base, architecture=spec["architecture"])
         net = build_network(spec)
         net.load_state_dict(load_state(init))
     else:
@@ -304,6 +355,12 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
         for k, v in cfg["model"].items():
             spec[k] = v
         net = build_network(spec)
+    patch = cfg["training"]["patch"]
+    if len(patch) != network_dims(spec):
+        raise ConfigError(
+            f"training.patch {patch} must have {network_dims(spec)} axes for this model "
+            "(an orthogonal-view 3D model trains on 2D planes)."
+        )
     net.to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=float(cfg["training"]["learning_rate"]))
     epochs = int(cfg["training"]["epochs"])
@@ -336,7 +393,7 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
 
     cfg_fp = fingerprint(cfg)
     ckpt_path = out / "checkpoint.pt"
-    start, best, history = 0, -1.0, []
+    start, best, history = 0, -float("inf"), []
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=True)
         if ck.get("config") == cfg_fp:
@@ -351,6 +408,28 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
         else:
             log.info("train: %s is from another config; starting over", ckpt_path)
 
+    def keep_if_best(epoch: int, ap: float) -> None:
+        nonlocal best
+        if ap <= best:
+            return
+        best = ap
+        spec_out = dict(spec)
+        spec_out["training"] = {
+            "config": cfg,
+            "data": "synthetic nuclei from cellseg.synth (and the folders in the config); "
+            "no external images or labels",
+            "best_epoch": epoch,
+            "val_ap50": ap,
+        }
+        save_model(out, net, spec_out)
+
+    if start == 0 and cfg["init"] and val:
+        # the starting model competes too: training never ships a worse one
+        ap = validate(net, spec, val, device)
+        history.append({"epoch": 0, "loss": None, "val_ap50": ap})
+        log.info("train: initial model val AP50 %.3f", ap)
+        keep_if_best(0, ap)
+
     aug = _augment()
     aug.set_random_state(seed=seed)
     bce = torch.nn.BCEWithLogitsLoss()
@@ -362,7 +441,7 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
             desc=f"epoch {epoch + 1}/{epochs}",
             enabled=show_progress,
         ):
-            x, y = sample_batch(pool, rng, int(tr["batch_size"]), tr["patch"], aug)
+            x, y = sample_batch(pool, rng, int(tr["batch_size"]), tr["patch"], aug, spec)
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             logits = net(x)
             loss = bce(logits[:, 0], y[:, 0]) + 2.0 * bce(logits[:, 1], y[:, 1])
@@ -374,17 +453,7 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
         ap = validate(net, spec, val, device) if val else -float(np.mean(losses))
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_ap50": ap})
         log.info("train: epoch %d loss %.4f val AP50 %.3f", epoch + 1, np.mean(losses), ap)
-        if ap > best:
-            best = ap
-            spec_out = dict(spec)
-            spec_out["training"] = {
-                "config": cfg,
-                "data": "synthetic nuclei from cellseg.synth (and the folders in the config); "
-                "no external images or labels",
-                "best_epoch": epoch + 1,
-                "val_ap50": ap,
-            }
-            save_model(out, net, spec_out)
+        keep_if_best(epoch + 1, ap)
         ck = {
             "model": net.state_dict(),
             "optimizer": opt.state_dict(),
