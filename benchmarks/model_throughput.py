@@ -96,7 +96,7 @@ def main() -> None:
     args = ap.parse_args()
     cases = [
         ("2D", (1024, 1024) if args.quick else (2048, 2048), (0.5, 0.5), 512),
-        ("3D", (24, 256, 256) if args.quick else (32, 512, 512), (2.0, 0.5, 0.5), 128),
+        ("3D", (24, 256, 256) if args.quick else (32, 512, 512), (2.0, 0.5, 0.5), 256),
     ]
     print(
         f"{'scan':>4} {'shape':>16} {'tiles':>5} {'device':>6} {'forward px/s':>13} "

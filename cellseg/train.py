@@ -20,6 +20,10 @@ Config (every key optional except ``spatial_dims`` and ``out``)::
       folders: []
     training: {epochs: 20, steps_per_epoch: 50, batch_size: 8, patch: [128, 128],
                learning_rate: 0.002}
+
+A 3D model is an orthogonal-view model (:mod:`cellseg.model`): it trains on
+random xy, xz and yz planes of the stacks, so its ``patch`` is 2D, and a 2D
+model can ``init`` it. It is validated on whole stacks, as it will be used.
 """
 
 from __future__ import annotations
