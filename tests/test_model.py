@@ -202,14 +202,24 @@ def test_model_backend_is_tile_invariant_2d(scan2d, tile_size):
     assert whole.max() > 100 and r["f1"] >= 0.99, r
 
 
-def test_model_backend_is_tile_invariant_3d(scan3d):
+@pytest.fixture(scope="module")
+def whole3d(scan3d):
+    from cellseg.backends import get_backend
+    from cellseg.pipeline import segment_array
+
+    image, _, spacing = scan3d
+    return segment_array(image, spacing=spacing, tile_size=4096, backend=get_backend("model"))
+
+
+@pytest.mark.parametrize("tile_size", [(16, 48, 48), (6, 64, 64)])
+def test_model_backend_is_tile_invariant_3d(scan3d, whole3d, tile_size):
     from cellseg.backends import get_backend
     from cellseg.pipeline import segment_array
 
     image, _, spacing = scan3d
     be = get_backend("model")
-    whole = segment_array(image, spacing=spacing, tile_size=4096, backend=be)
-    tiled = segment_array(image, spacing=spacing, tile_size=(16, 48, 48), backend=be)
+    whole = whole3d
+    tiled = segment_array(image, spacing=spacing, tile_size=tile_size, backend=be)
     r = match_instances(whole, tiled, 0.5)
     assert whole.max() > 20 and r["f1"] >= 0.99, r
 
