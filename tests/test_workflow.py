@@ -11,9 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "Snakefile"
+from workflow_helpers import REPO, snakemake_cmd, tool_env, write_config
 
 TINY_CONFIG = {
     "scans": {
@@ -35,32 +33,15 @@ TINY_CONFIG = {
 
 
 def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the repository's workflow in `workdir` with this interpreter's snakemake.
-
-    The interpreter's bin folder comes first on PATH so that shell rules find the
-    `cellseg` command installed beside it.
-    """
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(SNAKEFILE),
-        "--directory",
-        str(workdir),
-        *args,
-    ]
+    """Run the repository's workflow in `workdir` with this interpreter's snakemake."""
     return subprocess.run(
-        cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+        snakemake_cmd(workdir, *args),
+        cwd=workdir,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
-
-
-def write_config(workdir: Path, config: dict) -> Path:
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def output_of(proc: subprocess.CompletedProcess) -> str:
@@ -96,12 +77,10 @@ def test_every_config_key_is_documented():
 
 
 def test_lint():
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--lint"],
         cwd=REPO,
-        env=env,
+        env=tool_env(),
         capture_output=True,
         text=True,
         timeout=300,
