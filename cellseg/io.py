@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import json
 import logging
 import math
@@ -404,8 +405,11 @@ def _contiguous_layout(tif: Any, series: Any) -> tuple[int, tuple[int, ...], np.
 class _ContiguousPixels:
     """Regions of pixels stored uncompressed in one block of a file, read on demand.
 
-    Each read maps the file, copies the region and unmaps it again, so that
-    memory holds the regions being read, never the whole image.
+    A region given as integers and slices (what dask's chunk reads give) is
+    read row by row with positioned reads of each row's span, so that memory
+    holds the region being read, never the whole image, nor the file pages
+    around it that a memory map would bring in (for a wide image, many times
+    the region). Other indexes map the file, copy the region and unmap it.
     """
 
     def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
@@ -413,8 +417,65 @@ class _ContiguousPixels:
         self.ndim = len(shape)
 
     def __getitem__(self, index: Any) -> np.ndarray:
-        pixels = np.memmap(self.path, self.dtype, mode="r", offset=self.offset, shape=self.shape)
-        return np.array(pixels[index], dtype=self.dtype.newbyteorder("="))
+        if not isinstance(index, tuple):
+            index = (index,)
+        simple = (slice, int, np.integer)
+        if (
+            self.ndim == 0
+            or len(index) > self.ndim
+            or not all(isinstance(i, simple) for i in index)
+        ):
+            pixels = np.memmap(
+                self.path, self.dtype, mode="r", offset=self.offset, shape=self.shape
+            )
+            return np.array(pixels[index], dtype=self.dtype.newbyteorder("="))
+        index = index + (slice(None),) * (self.ndim - len(index))
+        ranges, dropped = [], []
+        for axis, (i, n) in enumerate(zip(index, self.shape)):
+            if isinstance(i, slice):
+                ranges.append(range(*i.indices(n)))
+                continue
+            k = int(i) + (n if int(i) < 0 else 0)
+            if not 0 <= k < n:
+                raise IndexError(f"index {int(i)} is out of bounds for axis {axis} with size {n}")
+            ranges.append(range(k, k + 1))
+            dropped.append(axis)
+        out = np.empty([len(r) for r in ranges], self.dtype.newbyteorder("="))
+        if out.size:
+            self._read_rows(ranges, out)
+        return out.reshape([len(r) for a, r in enumerate(ranges) if a not in dropped])
+
+    def _read_rows(self, ranges: list[range], out: np.ndarray) -> None:
+        """Fill `out` with the pixels at `ranges` (one per axis), one read per row.
+
+        A row is the span of the innermost axis that is not read whole, with
+        the whole axes inside it (e.g. a TIFF's trailing samples axis).
+        """
+        axis = self.ndim - 1
+        while axis > 0 and ranges[axis] == range(self.shape[axis]):
+            axis -= 1
+        inner = math.prod(self.shape[axis + 1 :])
+        cols = ranges[axis]
+        first = min(cols[0], cols[-1])
+        span = np.empty((abs(cols[-1] - cols[0]) + 1, inner), self.dtype)  # file byte order
+        raw = memoryview(span.reshape(-1).view(np.uint8))
+        pick = slice(cols[0] - first, None, cols.step)
+        strides = [math.prod(self.shape[a + 1 :]) for a in range(self.ndim)]
+        rows = out.reshape(-1, len(cols), inner)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for k, pos in enumerate(itertools.product(*ranges[:axis])):
+                start = sum(p * s for p, s in zip(pos, strides)) + first * strides[axis]
+                start = self.offset + self.dtype.itemsize * start
+                done = 0
+                while done < len(raw):
+                    got = os.preadv(fd, [raw[done:]], start + done)
+                    if got <= 0:
+                        raise OSError(f"{self.path}: the file ends before its pixels do")
+                    done += got
+                rows[k] = span[pick]
+        finally:
+            os.close(fd)
 
 
 def _read_npy(path: Path) -> _Raw:

@@ -14,6 +14,13 @@ cells crossing it, whatever the scan's size:
 Neighbour counts and nearest-neighbour distances come from the centroids
 (:class:`scipy.spatial.cKDTree`), in µm.
 
+Written to a file (:class:`TableWriter`, as the measure stage does), the table
+is never whole in memory: measured rows wait in a scratch file beside it and
+go to the Parquet file in ``cell_id`` order, one row group
+(:data:`ROW_GROUP_ROWS` rows) at a time. What memory holds per cell is the
+output of pass 1 (id, centroid, box, pixel count) and the centroids' k-d tree,
+about 0.1 KB.
+
 Column names follow one scheme (after CellProfiler's *AreaShape* and
 *Intensity* modules): ``<feature>[_<axis>][_<unit>]`` for morphology and
 ``[ring_]intensity_<statistic>_<channel>`` for intensities, the unit as a
@@ -620,24 +627,41 @@ def neighbor_features(
     >>> n.tolist(), d.tolist(), k.tolist()
     ([1, 1], [10.0, 10.0], [2, 1])
     """
-    from scipy.spatial import cKDTree
+    return _Neighbors(centroids_um, ids, radius_um).block(0, len(ids))
 
-    n = len(ids)
-    count = np.zeros(n, np.int64)
-    dist = np.full(n, np.nan)
-    nearest = np.zeros(n, np.uint32)
-    if n < 2:
-        return count, dist, nearest
-    tree = cKDTree(np.asarray(centroids_um, dtype=np.float64))
-    count = np.asarray(tree.query_ball_point(tree.data, radius_um, return_length=True)) - 1
-    d, k = tree.query(tree.data, k=2)
-    dist = d[:, 1].astype(np.float64)
-    nearest = np.asarray(ids, dtype=np.uint32)[k[:, 1]]
-    return count.astype(np.int64), dist, nearest
+
+class _Neighbors:
+    """The centroids' k-d tree, queried for a range of cells at a time.
+
+    Each cell's query is independent of the others', so the features of cells
+    ``lo:hi`` equal those of :func:`neighbor_features` on all cells, without
+    the temporaries of a query of every cell at once.
+    """
+
+    def __init__(self, centroids_um: np.ndarray, ids: np.ndarray, radius_um: float) -> None:
+        from scipy.spatial import cKDTree
+
+        self.ids = np.asarray(ids, dtype=np.uint32)
+        self.radius_um = radius_um
+        n = len(self.ids)
+        self.tree = cKDTree(np.asarray(centroids_um, dtype=np.float64)) if n >= 2 else None
+
+    def block(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The three neighbour columns of cells ``lo:hi``."""
+        n = hi - lo
+        if self.tree is None or n <= 0:
+            return np.zeros(n, np.int64), np.full(n, np.nan), np.zeros(n, np.uint32)
+        points = self.tree.data[lo:hi]
+        count = (
+            np.asarray(self.tree.query_ball_point(points, self.radius_um, return_length=True)) - 1
+        )
+        d, k = self.tree.query(points, k=2)
+        return count.astype(np.int64), d[:, 1].astype(np.float64), self.ids[k[:, 1]]
 
 
 # ----------------------------------------------------------------------------- pass 1
-def _block_partials(labels: np.ndarray, origin: Sequence[int]) -> pd.DataFrame | None:
+def _block_partials(labels: np.ndarray, origin: Sequence[int]) -> dict[str, np.ndarray] | None:
+    """Per-id partial sums of one chunk: id, pixel count, coordinate sums, box (global)."""
     from scipy import ndimage as ndi
 
     uniq, inv = np.unique(labels, return_inverse=True)
@@ -648,45 +672,69 @@ def _block_partials(labels: np.ndarray, origin: Sequence[int]) -> pd.DataFrame |
         inv = inv + 1
         uniq = np.concatenate([[0], uniq])
     n = uniq.size
+    nd = labels.ndim
     flat = inv.ravel()
     counts = np.bincount(flat, minlength=n)
-    out = {"cell_id": uniq[1:], "n_pixels": counts[1:]}
+    sums = np.empty((n - 1, nd), np.float64)
     grids = np.indices(labels.shape, sparse=True)
     for ax, g in enumerate(grids):
         coord = np.broadcast_to(g, labels.shape).ravel()
-        out[f"sum_{ax}"] = (
-            np.bincount(flat, weights=coord, minlength=n)[1:] + origin[ax] * counts[1:]
-        )
+        sums[:, ax] = np.bincount(flat, weights=coord, minlength=n)[1:] + origin[ax] * counts[1:]
     slices = ndi.find_objects(inv)
-    for ax in range(labels.ndim):
-        out[f"start_{ax}"] = np.array([s[ax].start + origin[ax] for s in slices])
-        out[f"stop_{ax}"] = np.array([s[ax].stop + origin[ax] for s in slices])
-    return pd.DataFrame(out)
+    starts = np.array([[s[ax].start + origin[ax] for ax in range(nd)] for s in slices], np.int64)
+    stops = np.array([[s[ax].stop + origin[ax] for ax in range(nd)] for s in slices], np.int64)
+    return {
+        "cell_id": uniq[1:],
+        "n_pixels": counts[1:].astype(np.int64),
+        "sums": sums,
+        "starts": starts.reshape(-1, nd),
+        "stops": stops.reshape(-1, nd),
+    }
 
 
-def _combine(parts: list[pd.DataFrame], spacing: Sequence[float], axes: str) -> pd.DataFrame:
-    """Per-cell id, centroid, bounding box and pixel count from chunk partials."""
+def _combine(
+    parts: list[dict[str, np.ndarray]], spacing: Sequence[float], axes: str
+) -> dict[str, np.ndarray]:
+    """Per-cell id, centroid, bounding box and pixel count, sorted by id, from chunk partials.
+
+    The partials are consumed (emptied field by field). The coordinate sums
+    are whole numbers (exact in float64), so the order in which partials are
+    added does not change them.
+    """
     nd = len(axes)
-    agg = {"n_pixels": "sum"}
-    for ax in range(nd):
-        agg.update({f"sum_{ax}": "sum", f"start_{ax}": "min", f"stop_{ax}": "max"})
     if parts:
-        g = pd.concat(parts, ignore_index=True).groupby("cell_id", sort=True).agg(agg)
-        ids = g.index.to_numpy()
+        ids = np.concatenate([p.pop("cell_id") for p in parts])
+        order = np.argsort(ids, kind="stable")
+        ids = ids[order]
+        first = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
+        cell_id = ids[first]
+        del ids
+
+        def reduce(ufunc: np.ufunc, key: str) -> np.ndarray:
+            # each field leaves the partials as it is reduced: memory holds them once
+            values = np.concatenate([p.pop(key) for p in parts])
+            return ufunc.reduceat(values[order], first, axis=0)
+
+        n_pixels = reduce(np.add, "n_pixels")
+        sums = reduce(np.add, "sums")
+        starts = reduce(np.minimum, "starts")
+        stops = reduce(np.maximum, "stops")
     else:
-        g = pd.DataFrame({k: np.zeros(0) for k in agg})
-        ids = np.zeros(0)
-    out = {"cell_id": ids.astype(np.uint32)}
-    count = g["n_pixels"].to_numpy().astype(np.float64)
+        cell_id = np.zeros(0, np.uint32)
+        n_pixels = np.zeros(0, np.int64)
+        sums = np.zeros((0, nd), np.float64)
+        starts = stops = np.zeros((0, nd), np.int64)
+    out = {"cell_id": cell_id.astype(np.uint32)}
+    count = n_pixels.astype(np.float64)
     for ax, name in enumerate(axes):
-        out[f"centroid_{name}_um"] = g[f"sum_{ax}"].to_numpy() / np.maximum(count, 1) * spacing[ax]
+        out[f"centroid_{name}_um"] = sums[:, ax] / np.maximum(count, 1) * spacing[ax]
     for ax, name in enumerate(axes):
-        out[f"centroid_{name}_px"] = g[f"sum_{ax}"].to_numpy() / np.maximum(count, 1)
+        out[f"centroid_{name}_px"] = sums[:, ax] / np.maximum(count, 1)
     for ax, name in enumerate(axes):
-        out[f"bbox_{name}_start_px"] = g[f"start_{ax}"].to_numpy().astype(np.int64)
-        out[f"bbox_{name}_stop_px"] = g[f"stop_{ax}"].to_numpy().astype(np.int64)
+        out[f"bbox_{name}_start_px"] = starts[:, ax].astype(np.int64)
+        out[f"bbox_{name}_stop_px"] = stops[:, ax].astype(np.int64)
     out["n_pixels"] = count.astype(np.int64)
-    return pd.DataFrame(out)
+    return out
 
 
 def _read(array: Any, index: tuple) -> np.ndarray:
@@ -743,6 +791,28 @@ def cell_boxes(
     pandas.DataFrame
         One row per cell id, sorted by id.
     """
+    return pd.DataFrame(
+        _cell_boxes(
+            label_image,
+            spacing=spacing,
+            axes=axes,
+            chunks=chunks,
+            threads=threads,
+            show_progress=show_progress,
+        )
+    )
+
+
+def _cell_boxes(
+    label_image: Any,
+    *,
+    spacing: Sequence[float],
+    axes: str,
+    chunks: Sequence[int],
+    threads: int | None = 1,
+    show_progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """:func:`cell_boxes` as one array per column."""
     from cellseg.parallel import map_chunks
     from cellseg.pipeline import progress
 
@@ -750,7 +820,7 @@ def cell_boxes(
     grid = [range(0, n, c) for n, c in zip(shape, chunks)]
     blocks = list(itertools.product(*grid))
 
-    def partials(origin: tuple[int, ...]) -> pd.DataFrame | None:
+    def partials(origin: tuple[int, ...]) -> dict[str, np.ndarray] | None:
         sl = tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, chunks, shape))
         lab = _read(label_image, sl)
         return _block_partials(lab, origin) if lab.any() else None
@@ -767,19 +837,22 @@ def cell_boxes(
 
 # ----------------------------------------------------------------------------- pass 2
 def _measure_group(
-    boxes: pd.DataFrame,
+    group: tuple[np.ndarray, np.ndarray, np.ndarray],
     label_image: Any,
     channels: Any,
     *,
-    axes: str,
     spacing: tuple[float, ...],
     shape: tuple[int, ...],
     pad: tuple[int, ...],
     ring_width_um: float,
-) -> list[list[Any]]:
-    """Measure the cells of one chunk on crops of one region read for them all."""
-    starts = np.stack([boxes[f"bbox_{a}_start_px"].to_numpy() for a in axes], axis=1)
-    stops = np.stack([boxes[f"bbox_{a}_stop_px"].to_numpy() for a in axes], axis=1)
+    n_values: int,
+) -> np.ndarray:
+    """Measure the cells of one chunk on crops of one region read for them all.
+
+    `group` holds the cells' ids and box starts and stops; the rows come back as
+    one float array (8 bytes per value, ids and counts exact).
+    """
+    ids, starts, stops = group
     lo = np.maximum(starts - np.array(pad), 0)
     hi = np.minimum(stops + np.array(pad), np.array(shape))
     r0, r1 = lo.min(axis=0), hi.max(axis=0)
@@ -787,7 +860,7 @@ def _measure_group(
     labels = _read(label_image, region)
     image = [_read(ch, region) for ch in channels]
     rows = []
-    for k, cell in enumerate(boxes["cell_id"].to_numpy()):
+    for k, cell in enumerate(ids):
         crop = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(lo[k], hi[k], r0))
         inner = tuple(slice(int(s - a), int(e - a)) for s, e, a in zip(starts[k], stops[k], lo[k]))
         lab = labels[crop]
@@ -801,7 +874,62 @@ def _measure_group(
             around = intensity_stats(values[ring])
             row += [*inside, *around, inside[0] - around[1]]
         rows.append(row)
-    return rows
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), n_values)
+
+
+class _RowStore:
+    """Rows of float64 values put by row number in any order, read back in ranges.
+
+    In memory, or in a scratch file (``path``): then only the rows being put or
+    read are held, and the file is removed by :meth:`close`.
+    """
+
+    def __init__(self, n_rows: int, n_values: int, path: Path | None = None) -> None:
+        self.n_values = n_values
+        self.row_bytes = 8 * n_values
+        self.path = path
+        self.fd: int | None = None
+        self.array: np.ndarray | None = None
+        if path is None:
+            self.array = np.zeros((n_rows, n_values), np.float64)
+        else:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    def put(self, index: np.ndarray, rows: np.ndarray) -> None:
+        """Store ``rows[k]`` as row ``index[k]``; runs of consecutive rows are written at once."""
+        if self.array is not None:
+            self.array[index] = rows
+            return
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        breaks = np.flatnonzero(np.diff(index) != 1) + 1
+        for a, b in zip([0, *breaks.tolist()], [*breaks.tolist(), len(index)]):
+            data = memoryview(rows[a:b]).cast("B")
+            offset = int(index[a]) * self.row_bytes
+            while len(data):
+                written = os.pwrite(self.fd, data, offset)
+                data, offset = data[written:], offset + written
+
+    def get(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi``."""
+        if self.array is not None:
+            return self.array[lo:hi]
+        out = np.empty((hi - lo, self.n_values), np.float64)
+        view = memoryview(out).cast("B")
+        offset = lo * self.row_bytes
+        while len(view):
+            read = os.preadv(self.fd, [view], offset)
+            if read <= 0:
+                raise OSError(f"{self.path}: rows {lo}:{hi} were not all written")
+            view, offset = view[read:], offset + read
+        return out
+
+    def close(self) -> None:
+        """Release the rows (remove the scratch file)."""
+        self.array = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            Path(self.path).unlink(missing_ok=True)
 
 
 def measure_cells(
@@ -816,7 +944,8 @@ def measure_cells(
     neighbor_radius_um: float = DEFAULT_NEIGHBOR_RADIUS_UM,
     threads: int | None = 1,
     show_progress: bool = False,
-) -> pd.DataFrame:
+    out: TableWriter | None = None,
+) -> pd.DataFrame | None:
     """Measure every cell of a label image: morphology, neighbours, intensities.
 
     Parameters
@@ -844,11 +973,18 @@ def measure_cells(
         Chunks measured in parallel (None: all cores).
     show_progress : bool
         Show progress bars.
+    out : TableWriter, optional
+        Write the table there, :data:`ROW_GROUP_ROWS` rows at a time, instead
+        of returning it. The measured rows wait in a scratch file beside the
+        table (:meth:`TableWriter.scratch_path`) until they can be written in
+        ``cell_id`` order, so memory holds a few small arrays per cell (ids,
+        boxes, centroids and their k-d tree), not the table.
 
     Returns
     -------
-    pandas.DataFrame
+    pandas.DataFrame or None
         One row per cell id, sorted by id; the columns of :func:`column_schema`.
+        None when `out` is given.
 
     Examples
     --------
@@ -874,7 +1010,7 @@ def measure_cells(
     keys = channel_keys(names)
     chunks = _chunk_shape(label_image, chunks, shape)
 
-    base = cell_boxes(
+    base = _cell_boxes(
         label_image,
         spacing=spacing,
         axes=axes,
@@ -885,66 +1021,81 @@ def measure_cells(
     schema = column_schema(
         axes, keys, ring_width_um=ring_width_um, neighbor_radius_um=neighbor_radius_um
     )
-    names_out = [c.name for c in schema]
     shape_names = list(shape_features(np.ones((1,) * nd, bool), spacing))
     measured = ["cell_id", *shape_names, "ring_n_pixels"]
     for k in keys:
         measured += [f"intensity_{s}_{k}" for s in INTENSITY_STATS]
         measured += [f"ring_intensity_{s}_{k}" for s in INTENSITY_STATS]
         measured.append(f"intensity_mean_corrected_{k}")
+    position = {name: j for j, name in enumerate(measured)}
 
-    starts = np.stack([base[f"bbox_{a}_start_px"].to_numpy() for a in axes], axis=1)
-    home = [tuple(row) for row in (starts // np.array(chunks)).tolist()]
-    groups: dict[tuple, list[int]] = {}
-    for i, key in enumerate(home):
-        groups.setdefault(key, []).append(i)
+    # Cells are measured per chunk (the chunk holding their box's first corner),
+    # chunks in order; within a chunk in id order.
+    n = len(base["cell_id"])
+    starts = np.stack([base[f"bbox_{a}_start_px"] for a in axes], axis=1).reshape(n, nd)
+    stops = np.stack([base[f"bbox_{a}_stop_px"] for a in axes], axis=1).reshape(n, nd)
+    grid = tuple(-(-s // c) for s, c in zip(shape, chunks))
+    home = np.ravel_multi_index(tuple((starts // np.array(chunks)).T), grid) if n else []
+    order = np.argsort(home, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(np.asarray(home)[order])) + 1) if n else []
+    del home, order
+    work = [(base["cell_id"][g], starts[g], stops[g]) for g in groups]
+    del starts, stops
     pad = tuple(int(math.ceil(ring_width_um / s)) if ring_width_um > 0 else 0 for s in spacing)
-    work = [base.iloc[groups[key]] for key in sorted(groups)]
 
-    def run(boxes: pd.DataFrame) -> list[list[Any]]:
+    def run(group: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
         return _measure_group(
-            boxes,
+            group,
             label_image,
             channels,
-            axes=axes,
             spacing=spacing,
             shape=shape,
             pad=pad,
             ring_width_um=ring_width_um,
+            n_values=len(measured),
         )
 
-    # Each chunk's rows become one float array at once: 8 bytes per value, where
-    # lists of Python numbers take about 40 (ids and counts are exact as floats).
-    blocks: list[np.ndarray] = []
-    bar = progress(total=len(base), desc="measure cells", enabled=show_progress)
-    for part in map_chunks(run, work, threads=threads):
-        if part:
-            blocks.append(np.asarray(part, dtype=np.float64))
-        bar.update(len(part))
-    bar.close()
+    store = _RowStore(n, len(measured), None if out is None else out.scratch_path("rows"))
+    try:
+        bar = progress(total=n, desc="measure cells", enabled=show_progress)
+        for index, rows in zip(groups, map_chunks(run, work, threads=threads)):
+            store.put(index, rows)
+            bar.update(len(rows))
+        bar.close()
+        del work, groups
 
-    rows = np.concatenate(blocks) if blocks else np.zeros((0, len(measured)))
-    del blocks
-    feats = pd.DataFrame(rows, columns=measured)
-    feats = feats.sort_values("cell_id", kind="stable").reset_index(drop=True)
-    table = base.copy()
-    for col in measured[1:]:
-        table[col] = feats[col].to_numpy() if len(feats) else np.zeros(0)
-    table["touches_border"] = np.zeros(len(table), bool)
-    for a, n in zip(axes, shape):
-        table["touches_border"] |= (table[f"bbox_{a}_start_px"] == 0) | (
-            table[f"bbox_{a}_stop_px"] == n
-        )
-    centroids = np.stack([table[f"centroid_{a}_um"].to_numpy() for a in axes], axis=1)
-    count, dist, nearest = neighbor_features(
-        centroids, table["cell_id"].to_numpy(), neighbor_radius_um
-    )
-    table["n_neighbors"] = count
-    table["nearest_neighbor_distance_um"] = dist
-    table["nearest_neighbor_id"] = nearest
-    return pd.DataFrame({c.name: table[c.name].to_numpy().astype(c.dtype) for c in schema})[
-        names_out
-    ]
+        centroids = np.stack([base[f"centroid_{a}_um"] for a in axes], axis=1).reshape(n, nd)
+        neighbors = _Neighbors(centroids, base["cell_id"], neighbor_radius_um)
+        del centroids
+
+        def block(lo: int, hi: int) -> pd.DataFrame:
+            rows = store.get(lo, hi)
+            touches = np.zeros(hi - lo, bool)
+            for a, size in zip(axes, shape):
+                touches |= (base[f"bbox_{a}_start_px"][lo:hi] == 0) | (
+                    base[f"bbox_{a}_stop_px"][lo:hi] == size
+                )
+            count, dist, nearest = neighbors.block(lo, hi)
+            values: dict[str, np.ndarray] = {
+                "touches_border": touches,
+                "n_neighbors": count,
+                "nearest_neighbor_distance_um": dist,
+                "nearest_neighbor_id": nearest,
+            }
+            for c in schema:
+                if c.name in base:
+                    values[c.name] = base[c.name][lo:hi]
+                elif c.name in position:
+                    values[c.name] = rows[:, position[c.name]]
+            return pd.DataFrame({c.name: values[c.name].astype(c.dtype) for c in schema})
+
+        if out is None:
+            return block(0, n)
+        for lo in range(0, max(n, 1), ROW_GROUP_ROWS):
+            out.write(block(lo, min(n, lo + ROW_GROUP_ROWS)))
+        return None
+    finally:
+        store.close()
 
 
 def _chunk_shape(label_image: Any, chunks: Sequence[int] | None, shape: tuple) -> tuple[int, ...]:
@@ -957,6 +1108,120 @@ def _chunk_shape(label_image: Any, chunks: Sequence[int] | None, shape: tuple) -
 
 
 # ----------------------------------------------------------------------------- I/O
+#: Rows per row group of a cell table's Parquet file. The measure stage holds
+#: about one row group of the table at a time.
+ROW_GROUP_ROWS = 8_192
+
+
+class TableWriter:
+    """A cell table written to Parquet in row groups as its rows come, atomically.
+
+    Rows go to a temporary file beside `path` (``.<name>.tmp-<pid>``), which
+    replaces `path` when the writer is closed; on an error it is removed, and
+    temporaries of killed processes are removed when the next writer opens.
+    Row groups hold :data:`ROW_GROUP_ROWS` rows (every :meth:`write` but the
+    last should give a multiple of it), so the file does not depend on how the
+    rows were divided into writes.
+
+    Use as a context manager::
+
+        with TableWriter(path, metadata, columns) as writer:
+            writer.write(first_rows)
+            writer.write(more_rows)
+
+    Parameters
+    ----------
+    path : Path
+        Destination ``.parquet`` file.
+    metadata : dict, optional
+        Key/value metadata of the file (scan, config, model, version, ...).
+    columns : iterable of Column, optional
+        Units and descriptions: stored per field (``unit``, ``description``)
+        and as the JSON list ``cellseg.columns``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        metadata: dict[str, str] | None = None,
+        columns: Iterable[Column] | None = None,
+    ) -> None:
+        from cellseg.io import _remove_stale_siblings
+
+        self.path = Path(path)
+        self.metadata = dict(metadata or {})
+        self.docs = {c.name: c for c in columns or ()}
+        self.n_rows = 0
+        self._writer: Any = None
+        self._schema: Any = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_siblings(self.path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+
+    def scratch_path(self, what: str) -> Path:
+        """A scratch file beside the table, removed with the writer's temporaries."""
+        return self.tmp.with_name(f"{self.tmp.name}-{what}")
+
+    def _documented_schema(self, schema: Any, names: Sequence[str]) -> Any:
+        import pyarrow as pa
+
+        meta = dict(schema.metadata or {})
+        meta.update({k.encode(): str(v).encode() for k, v in self.metadata.items()})
+        if self.docs:
+            listed = [asdict(self.docs[n]) for n in names if n in self.docs]
+            meta[b"cellseg.columns"] = json.dumps(listed, ensure_ascii=False).encode()
+        fields = []
+        for field in schema:
+            col = self.docs.get(field.name)
+            if col is not None:
+                field = field.with_metadata({"unit": col.unit, "description": col.description})
+            fields.append(field)
+        return pa.schema(fields, metadata=meta)
+
+    def write(self, table: pd.DataFrame) -> None:
+        """Append rows (the same columns and dtypes every time)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        arrow = pa.Table.from_pandas(table, preserve_index=False)
+        if self._writer is None:
+            self._schema = self._documented_schema(arrow.schema, list(table.columns))
+            self._writer = pq.ParquetWriter(self.tmp, self._schema)
+        arrow = pa.Table.from_arrays(arrow.columns, schema=self._schema)
+        self._writer.write_table(arrow, row_group_size=ROW_GROUP_ROWS)
+        self.n_rows += len(table)
+
+    def close(self) -> None:
+        """Finish the file and move it to `path`."""
+        if self._writer is None:
+            raise ValueError(f"{self.path}: no rows were given, not even an empty table")
+        self._writer.close()
+        self._writer = None
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Remove what was written."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            finally:
+                self._writer = None
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> TableWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self.close()
+            except BaseException:
+                self.abort()
+                raise
+        else:
+            self.abort()
+
+
 def write_table(
     table: pd.DataFrame,
     path: Path,
@@ -964,6 +1229,8 @@ def write_table(
     columns: Iterable[Column] | None = None,
 ) -> None:
     """Write a cell table to Parquet atomically, with its documentation in the schema.
+
+    The same file as :class:`TableWriter` given the rows in parts.
 
     Parameters
     ----------
@@ -977,32 +1244,8 @@ def write_table(
         Units and descriptions: stored per field (``unit``, ``description``)
         and as the JSON list ``cellseg.columns``.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
-    meta = dict(arrow.schema.metadata or {})
-    meta.update({k.encode(): str(v).encode() for k, v in (metadata or {}).items()})
-    docs = {c.name: c for c in columns or ()}
-    if docs:
-        listed = [asdict(docs[n]) for n in table.columns if n in docs]
-        meta[b"cellseg.columns"] = json.dumps(listed, ensure_ascii=False).encode()
-    fields = []
-    for field in arrow.schema:
-        col = docs.get(field.name)
-        if col is not None:
-            field = field.with_metadata({"unit": col.unit, "description": col.description})
-        fields.append(field)
-    arrow = pa.Table.from_arrays(arrow.columns, schema=pa.schema(fields, metadata=meta))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(arrow, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with TableWriter(path, metadata, columns) as writer:
+        writer.write(table)
 
 
 def read_table_metadata(path: Path) -> dict[str, Any]:

@@ -584,12 +584,39 @@ def segment_tiles(
 
 
 # ----------------------------------------------------------------------------- stitch
-def _load_meta(path: Path):
+def _load_meta(paths: Sequence[Path], ndim: int):
+    """The candidates of all batches without their masks, and each one's batch and index.
+
+    Read one field at a time, so that memory holds one copy of the
+    candidates' rows (as :meth:`Candidates.concat` of the batches would give).
+    """
     from cellseg.segment import Candidates
 
-    with np.load(path) as f:
-        fields = {k: f[k] for k in Candidates.FIELDS if k != "bits"}
-    return Candidates(bits=np.zeros(0, np.uint8), **fields)
+    lengths = []
+    for path in paths:
+        with np.load(path) as f:
+            lengths.append(len(f["tile"]))
+    used = [p for p, n in zip(paths, lengths) if n]
+    if not used:
+        meta = Candidates.empty(ndim)
+    else:
+        fields = {}
+        for name in Candidates.FIELDS:
+            if name == "bits":
+                continue
+            parts = []
+            for path in used:
+                with np.load(path) as f:
+                    parts.append(f[name])
+            if name == "offsets":  # rebased as by Candidates.concat
+                starts = np.cumsum([0] + [int(o[-1]) for o in parts[:-1]])
+                parts = [np.zeros(1, np.int64)] + [o[1:] + s for o, s in zip(parts, starts)]
+            fields[name] = np.concatenate(parts)
+            del parts
+        meta = Candidates(bits=np.zeros(0, np.uint8), **fields)
+    part_of = np.repeat(np.arange(len(paths), dtype=np.int32), lengths)
+    local_of = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths] or [[]])
+    return meta, part_of, local_of.astype(np.int32)
 
 
 def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = False) -> dict:
@@ -636,12 +663,9 @@ def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = Fals
             return old
 
     t0 = time.perf_counter()
-    metas = [_load_meta(batch_path(outdir, b)) for b in batches]
-    nd = len(content["shape"])
-    meta = Candidates.concat(metas, nd)
-    part_of = np.concatenate([np.full(len(m), k) for k, m in enumerate(metas)] or [[]]).astype(int)
-    local_of = np.concatenate([np.arange(len(m)) for m in metas] or [[]]).astype(int)
-    del metas  # the concatenated copy is all that is needed: memory of one row per candidate
+    # one row per candidate, no masks: they are read per batch when needed
+    paths = [batch_path(outdir, b) for b in batches]
+    meta, part_of, local_of = _load_meta(paths, len(content["shape"]))
     source = MaskSource(
         meta,
         loader=lambda k: Candidates.load(batch_path(outdir, batches[k])),
@@ -755,17 +779,6 @@ def measure(
         "ring_width_um": ring_width_um,
         "neighbor_radius_um": neighbor_radius_um,
     }
-    if base.get("previous") is not None:
-        table = remeasure(base["previous"], label_image, scan.data, base["edits"], **options)
-    else:
-        table = m.measure_cells(
-            label_image,
-            scan.data,
-            **options,
-            chunks=label_image.chunks,
-            threads=threads,
-            show_progress=show_progress,
-        )
     keys = m.channel_keys(names)
     content = read_json(work_dir(outdir) / "tiles.json", "plan")
     config = {
@@ -779,36 +792,46 @@ def measure(
         "ring_width_um": ring_width_um,
         "neighbor_radius_um": neighbor_radius_um,
     }
-    m.write_table(
-        table,
-        out,
-        metadata={
-            "cellseg.request": json.dumps(request, sort_keys=True),
-            "cellseg.scan": info["name"],
-            "cellseg.source": info["request"]["source"]["path"],
-            "cellseg.labels": labels,
-            "cellseg.spacing_um": json.dumps(info["spacing"]),
-            "cellseg.axes": info["axes"],
-            "cellseg.shape": json.dumps(info["shape"]),
-            "cellseg.version": __version__,
-            "cellseg.table_version": str(m.TABLE_VERSION),
-            "cellseg.channels": json.dumps(
-                [{"key": k, "name": n, "index": i} for i, (k, n) in enumerate(zip(keys, names))]
-            ),
-            "cellseg.config": json.dumps(config, sort_keys=True),
-            "cellseg.model": json.dumps(content.get("backend", {}), sort_keys=True),
-            **base.get("metadata", {}),
-        },
-        columns=m.column_schema(
-            info["axes"],
-            keys,
-            ring_width_um=ring_width_um,
-            neighbor_radius_um=neighbor_radius_um,
+    metadata = {
+        "cellseg.request": json.dumps(request, sort_keys=True),
+        "cellseg.scan": info["name"],
+        "cellseg.source": info["request"]["source"]["path"],
+        "cellseg.labels": labels,
+        "cellseg.spacing_um": json.dumps(info["spacing"]),
+        "cellseg.axes": info["axes"],
+        "cellseg.shape": json.dumps(info["shape"]),
+        "cellseg.version": __version__,
+        "cellseg.table_version": str(m.TABLE_VERSION),
+        "cellseg.channels": json.dumps(
+            [{"key": k, "name": n, "index": i} for i, (k, n) in enumerate(zip(keys, names))]
         ),
+        "cellseg.config": json.dumps(config, sort_keys=True),
+        "cellseg.model": json.dumps(content.get("backend", {}), sort_keys=True),
+        **base.get("metadata", {}),
+    }
+    columns = m.column_schema(
+        info["axes"], keys, ring_width_um=ring_width_um, neighbor_radius_um=neighbor_radius_um
     )
+    # The table goes to the file row group by row group as it is measured: the
+    # stage's memory does not grow with the number of cells.
+    with m.TableWriter(out, metadata=metadata, columns=columns) as writer:
+        if base.get("previous") is not None:
+            writer.write(
+                remeasure(base["previous"], label_image, scan.data, base["edits"], **options)
+            )
+        else:
+            m.measure_cells(
+                label_image,
+                scan.data,
+                **options,
+                chunks=label_image.chunks,
+                threads=threads,
+                show_progress=show_progress,
+                out=writer,
+            )
     if labels == "cells":
         record_seconds(outdir, "measure", time.perf_counter() - t_start)
-    log.info("measure: %d cells -> %s", len(table), out)
+    log.info("measure: %d cells -> %s", writer.n_rows, out)
     return out
 
 

@@ -79,11 +79,7 @@ class Candidates:
 
     def mask(self, i: int) -> np.ndarray:
         """Boolean mask of candidate ``i`` over its bounding box."""
-        nd = self.ndim
-        shape = tuple(int(self.bbox[i, a + nd] - self.bbox[i, a]) for a in range(nd))
-        packed = self.bits[self.offsets[i] : self.offsets[i + 1]]
-        n = int(np.prod(shape))
-        return np.unpackbits(packed, count=n).astype(bool).reshape(shape)
+        return unpack_mask(self.bits[self.offsets[i] : self.offsets[i + 1]], self.bbox[i])
 
     @classmethod
     def empty(cls, ndim: int) -> Candidates:
@@ -138,6 +134,14 @@ class Candidates:
         """Read a file written by :meth:`save`."""
         with np.load(path) as f:
             return cls(**{k: f[k] for k in cls.FIELDS})
+
+
+def unpack_mask(packed: np.ndarray, bbox: np.ndarray) -> np.ndarray:
+    """A boolean mask from its packed bits and its box (starts, then stops)."""
+    nd = len(bbox) // 2
+    shape = tuple(int(bbox[a + nd] - bbox[a]) for a in range(nd))
+    n = int(np.prod(shape))
+    return np.unpackbits(packed, count=n).astype(bool).reshape(shape)
 
 
 def reliable_box(halo: Box, margin: Sequence[int], shape: Sequence[int]) -> Box:

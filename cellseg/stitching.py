@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from cellseg.segment import OWNED, PIECE, Candidates, reliable_box
+from cellseg.segment import OWNED, PIECE, Candidates, reliable_box, unpack_mask
 from cellseg.tiling import Box, Tile, box_intersection
 
 
@@ -72,7 +72,8 @@ class MaskSource:
     part_of, local_of : ndarray, optional
         Part and index within the part for every candidate.
     cache_size : int
-        Number of parts held in memory.
+        Number of parts whose packed masks are held in memory (their boxes
+        are those of ``meta``).
     """
 
     def __init__(
@@ -88,7 +89,7 @@ class MaskSource:
         self.part_of = part_of
         self.local_of = local_of
         self.cache_size = cache_size
-        self._cache: OrderedDict[int, Candidates] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def mask(self, i: int) -> np.ndarray:
         """Mask crop of candidate ``i``."""
@@ -96,11 +97,14 @@ class MaskSource:
             return self.meta.mask(i)
         part = int(self.part_of[i])
         if part not in self._cache:
-            self._cache[part] = self.loader(part)
+            loaded = self.loader(part)
+            self._cache[part] = (loaded.offsets, loaded.bits)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(part)
-        return self._cache[part].mask(int(self.local_of[i]))
+        offsets, bits = self._cache[part]
+        k = int(self.local_of[i])
+        return unpack_mask(bits[offsets[k] : offsets[k + 1]], self.meta.bbox[i])
 
 
 def _crop(mask: np.ndarray, box: Box, region: Box) -> np.ndarray:
@@ -127,18 +131,23 @@ def _count_in(mask: np.ndarray, box: Box, region: Box) -> int:
 
 def candidate_pairs(
     cands: Candidates, tiles: Sequence[Tile], core_shape: Sequence[int], select: np.ndarray
-) -> set:
+) -> np.ndarray:
     """Pairs (i < j) of selected candidates from different tiles whose boxes intersect.
 
     Two candidates of different tiles can only overlap where one of them reaches
     out of its own tile's core, so only those (near the seams) are compared,
     each against the candidates of the tiles its box touches.
+
+    Returns
+    -------
+    ndarray of int64, (n_pairs, 2)
+        Each pair once, sorted (by i, then j).
     """
     nd = cands.ndim
     sub = np.flatnonzero(select)
-    pairs: set = set()
+    found: list[np.ndarray] = []
     if sub.size < 2:
-        return pairs
+        return np.zeros((0, 2), np.int64)
     cs = np.asarray(core_shape)
     grid_of = {t.grid: t.index for t in tiles}
     core_lo = np.array([[a for a, _ in t.core] for t in tiles]).reshape(-1, nd)
@@ -161,10 +170,17 @@ def candidate_pairs(
         if not near:
             continue
         js = np.concatenate(near)
-        hit = np.all(lo[js] < hi[i], axis=1) & np.all(lo[i] < hi[js], axis=1)
-        for j in js[hit]:
-            pairs.add((int(min(i, j)), int(max(i, j))))
-    return pairs
+        js = js[np.all(lo[js] < hi[i], axis=1) & np.all(lo[i] < hi[js], axis=1)]
+        found.append(np.stack([np.minimum(i, js), np.maximum(i, js)], axis=1))
+    if not found:
+        return np.zeros((0, 2), np.int64)
+    return np.unique(np.concatenate(found).astype(np.int64), axis=0)
+
+
+def _pairs(pairs: np.ndarray) -> Iterator[tuple[int, int]]:
+    """The rows of a pair array as Python ints, one at a time."""
+    for k in range(len(pairs)):
+        yield int(pairs[k, 0]), int(pairs[k, 1])
 
 
 class _UnionFind:
@@ -226,7 +242,8 @@ def resolve_candidates(
     alive = np.ones(n, bool)
     owned = c.kind == OWNED
     piece = c.kind == PIECE
-    boxes = [c.box(i) for i in range(n)]
+    # boxes are made when needed: a list of all of them would hold ~0.3 KB per candidate
+    box = c.box
     n_dup = 0
 
     cores = {t.index: t.core for t in tiles}
@@ -237,7 +254,7 @@ def resolve_candidates(
     def slack(i: int) -> float:
         """How far candidate i stays from its tile's crop edges (more = more context)."""
         gaps = []
-        for (lo, hi), (a, b), n in zip(boxes[i], trusted[int(c.tile[i])], shape):
+        for (lo, hi), (a, b), n in zip(box(i), trusted[int(c.tile[i])], shape):
             gaps.append(lo - a if a > 0 else np.inf)
             gaps.append(b - hi if b < n else np.inf)
         return float(min(gaps))
@@ -245,10 +262,10 @@ def resolve_candidates(
     # 1. conflicts among owned candidates (never for tile-invariant backends): when two
     #    from different tiles overlap by IoU >= duplicate_iou, or one lies mostly
     #    inside the other, keep the one seen with more context (then higher score).
-    for i, j in sorted(candidate_pairs(c, tiles, core_shape, owned)):
+    for i, j in _pairs(candidate_pairs(c, tiles, core_shape, owned)):
         if not (alive[i] and alive[j]):
             continue
-        inter = _overlap(source.mask(i), boxes[i], source.mask(j), boxes[j])
+        inter = _overlap(source.mask(i), box(i), source.mask(j), box(j))
         if inter == 0:
             continue
         iou = inter / (c.area[i] + c.area[j] - inter)
@@ -260,11 +277,11 @@ def resolve_candidates(
 
     # 2. pieces that are views of a kept cell
     kept_owned = owned & alive
-    for i, j in sorted(candidate_pairs(c, tiles, core_shape, kept_owned | piece)):
+    for i, j in _pairs(candidate_pairs(c, tiles, core_shape, kept_owned | piece)):
         pi, oj = (i, j) if piece[i] else (j, i)
         if not (piece[pi] and kept_owned[oj]) or not alive[pi]:
             continue
-        inter = _overlap(source.mask(pi), boxes[pi], source.mask(oj), boxes[oj])
+        inter = _overlap(source.mask(pi), box(pi), source.mask(oj), box(oj))
         if inter >= view_fraction * c.area[pi]:
             alive[pi] = False
 
@@ -274,8 +291,8 @@ def resolve_candidates(
     uf = _UnionFind(len(pieces))
     sizes = np.zeros(len(pieces), np.int64)
     for k, p in enumerate(pieces):
-        sizes[k] = _count_in(source.mask(p), boxes[p], cores[int(c.tile[p])])
-    for i, j in sorted(candidate_pairs(c, tiles, core_shape, piece & alive)):
+        sizes[k] = _count_in(source.mask(p), box(p), cores[int(c.tile[p])])
+    for i, j in _pairs(candidate_pairs(c, tiles, core_shape, piece & alive)):
         mi, mj = source.mask(i), source.mask(j)
         ti, tj = int(c.tile[i]), int(c.tile[j])
         joined = False
@@ -284,10 +301,10 @@ def resolve_candidates(
             region = box_intersection(cores[tb], trusted[ta])
             if region is None:
                 continue
-            visible = _count_in(mb, boxes[b], region)
+            visible = _count_in(mb, box(b), region)
             if visible == 0:
                 continue
-            covered = _overlap(ma, boxes[a], mb, boxes[b], within=region)
+            covered = _overlap(ma, box(a), mb, box(b), within=region)
             if covered >= join_fraction * visible:
                 joined = True
                 break
@@ -298,28 +315,32 @@ def resolve_candidates(
         groups[uf.find(k)].append(int(p))
     n_merged = sum(len(g) for g in groups.values() if len(g) > 1)
 
-    # 4. ids: prefix sum over per-tile counts, anchor order within a tile
-    entries = []  # (home tile, anchor, members)
-    for i in np.flatnonzero(kept_owned):
-        entries.append((int(c.tile[i]), tuple(int(v) for v in c.anchor[i]), [int(i)]))
-    for members in groups.values():
-        if sum(sizes[index_of[m]] for m in members) < min_piece_pixels:
-            continue
-        first = min(members, key=lambda m: (int(c.tile[m]), tuple(c.anchor[m])))
-        entries.append((int(c.tile[first]), tuple(int(v) for v in c.anchor[first]), members))
-    entries.sort(key=lambda e: (e[0], e[1]))
+    # 4. ids: prefix sum over per-tile counts, anchor order within a tile. Cells are
+    #    kept owned candidates (in index order), then joined pieces (in group order),
+    #    as arrays of their home tile and anchor; a stable sort by (tile, anchor)
+    #    puts each tile's cells together, so a cell's id is its place in that order.
+    kept = np.flatnonzero(kept_owned)
+    joined = [
+        members
+        for members in groups.values()
+        if sum(sizes[index_of[m]] for m in members) >= min_piece_pixels
+    ]
+    firsts = [min(m, key=lambda i: (int(c.tile[i]), tuple(c.anchor[i]))) for m in joined]
+    first = np.concatenate([kept, np.asarray(firsts, np.int64)])
+    home = c.tile[first].astype(np.int64)
+    anchor = c.anchor[first]
+    order = np.lexsort([*(anchor[:, a] for a in reversed(range(c.ndim))), home])
     n_tiles = max((t.index for t in tiles), default=-1) + 1
-    tile_counts = np.bincount([e[0] for e in entries], minlength=n_tiles).astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum(tile_counts)])
+    tile_counts = np.bincount(home, minlength=n_tiles).astype(np.int64)
+    cell_ids = np.empty(len(first), np.int64)
+    cell_ids[order] = np.arange(1, len(first) + 1)
     cell_of = np.zeros(n, np.int64)
-    seen = defaultdict(int)
-    for home, _, members in entries:
-        cell_id = offsets[home] + seen[home] + 1
-        seen[home] += 1
+    cell_of[kept] = cell_ids[: len(kept)]
+    for members, cell_id in zip(joined, cell_ids[len(kept) :]):
         cell_of[members] = cell_id
     return StitchResult(
         cell_of=cell_of,
-        n_cells=int(offsets[-1]),
+        n_cells=len(first),
         tile_counts=tile_counts,
         n_duplicates=n_dup,
         n_merged_pieces=int(n_merged),
@@ -357,19 +378,47 @@ def paint_region(
 
 def members_by_tile(
     cands: Candidates, tiles: Sequence[Tile], core_shape: Sequence[int], result: StitchResult
-) -> dict[int, list[int]]:
-    """For every tile, the kept candidates that may paint inside its core."""
+) -> dict[int, np.ndarray]:
+    """For every tile, the kept candidates that may paint inside its core (ascending)."""
     nd = cands.ndim
     grid_of = {t.grid: t.index for t in tiles}
-    out: dict[int, list[int]] = defaultdict(list)
     cs = np.asarray(core_shape)
-    for i in np.flatnonzero(result.cell_of > 0):
-        if cands.kind[i] == PIECE:
-            out[int(cands.tile[i])].append(int(i))
-            continue
-        lo = cands.bbox[i, :nd] // cs
-        hi = (cands.bbox[i, nd:] - 1) // cs
-        for g in itertools.product(*(range(a, b + 1) for a, b in zip(lo, hi))):
+    kept = np.flatnonzero(result.cell_of > 0)
+    lo = cands.bbox[kept, :nd] // cs
+    hi = (cands.bbox[kept, nd:] - 1) // cs
+    piece = cands.kind[kept] == PIECE
+    single = ~piece & np.all(lo == hi, axis=1)
+    # pieces paint in their own tile, whole cells in every tile their box touches
+    tile_of = [cands.tile[kept[piece]].astype(np.int64)]
+    cand_of = [kept[piece]]
+    grid_shape = np.max([t.grid for t in tiles], axis=0) + 1 if tiles else np.zeros(nd, int)
+    lookup = np.full(tuple(grid_shape), -1, np.int64)
+    for t in tiles:
+        lookup[t.grid] = t.index
+    cell_grid = lo[single]
+    inside = np.all((cell_grid >= 0) & (cell_grid < grid_shape), axis=1)
+    at = np.full(len(cell_grid), -1, np.int64)
+    at[inside] = lookup[tuple(cell_grid[inside].T)]
+    tile_of.append(at)
+    cand_of.append(kept[single])
+    extra_tiles, extra_cands = [], []
+    for k in np.flatnonzero(~piece & ~single):
+        for g in itertools.product(*(range(a, b + 1) for a, b in zip(lo[k], hi[k]))):
             if g in grid_of:
-                out[grid_of[g]].append(int(i))
-    return out
+                extra_tiles.append(grid_of[g])
+                extra_cands.append(int(kept[k]))
+    tile_of.append(np.asarray(extra_tiles, np.int64))
+    cand_of.append(np.asarray(extra_cands, np.int64))
+    tile_all = np.concatenate(tile_of)
+    cand_all = np.concatenate(cand_of).astype(np.int64)
+    found = tile_all >= 0
+    tile_all, cand_all = tile_all[found], cand_all[found]
+    if not len(tile_all):
+        return {}
+    order = np.lexsort([cand_all, tile_all])
+    tile_all, cand_all = tile_all[order], cand_all[order]
+    bounds = np.flatnonzero(np.diff(tile_all)) + 1
+    return {
+        int(t[0]): members
+        for t, members in zip(np.split(tile_all, bounds), np.split(cand_all, bounds))
+    }
