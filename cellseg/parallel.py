@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -111,6 +112,41 @@ def connect(address: str) -> Any:
         ) from None
 
 
+# This process's thread pools by size (see thread_pool), and a mark on their threads.
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+_IN_POOL = threading.local()
+
+
+def _mark_pool_thread() -> None:
+    _IN_POOL.active = True
+
+
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    """This process's pool of `workers` threads, started on first use and then reused.
+
+    Every stage run in one process (``cellseg segment`` runs them all) works on
+    the same threads. Fresh threads for every batch of tiles or pass over the
+    chunks would each get a malloc arena of their own, whose freed memory the
+    process keeps: memory would grow with the number of batches.
+    """
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = ThreadPoolExecutor(
+                max_workers=workers,
+                thread_name_prefix=f"cellseg-{workers}",
+                initializer=_mark_pool_thread,
+            )
+            _POOLS[workers] = pool
+        return pool
+
+
+def in_pool_thread() -> bool:
+    """Whether this thread is a worker of a :func:`thread_pool` (whose work must not wait on it)."""
+    return getattr(_IN_POOL, "active", False)
+
+
 def available_cpus() -> int:
     """CPUs this process may run on (its affinity mask, e.g. a SLURM allocation)."""
     try:
@@ -126,7 +162,8 @@ def map_chunks(
 
     Inside :func:`dask_scheduler` with an address the calls run on the
     dask.distributed workers (`func` is pickled with cloudpickle); otherwise
-    on `threads` local threads (None: every available CPU; 1: in this thread).
+    on `threads` local threads of :func:`thread_pool` (None: every available
+    CPU; 1, or when called from a pool thread: in this thread).
     Each item should stand for one chunk of work, so that memory is bounded
     by the chunks in flight.
 
@@ -143,9 +180,8 @@ def map_chunks(
             future.release()
         return
     workers = threads or available_cpus()
-    if workers <= 1 or len(items) <= 1:
+    if workers <= 1 or len(items) <= 1 or in_pool_thread():
         for item in items:
             yield func(item)
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(func, items)
+    yield from thread_pool(workers).map(func, items)

@@ -17,7 +17,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -507,6 +506,7 @@ def segment_tiles(
     from cellseg.backends import get_backend
     from cellseg.io import open_image
     from cellseg.normalize import normalize
+    from cellseg.parallel import thread_pool
     from cellseg.segment import Candidates, tile_candidates
 
     t_start = time.perf_counter()
@@ -567,10 +567,10 @@ def segment_tiles(
     parts = []
     if per_tile and workers > 1 and len(todo) > 1:
         singles = [[t] for t in todo]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for res in pool.map(run_group, singles):
-                parts.extend(res)
-                bar.update(1)
+        # the process's pool, the same threads for every batch (see thread_pool)
+        for res in thread_pool(workers).map(run_group, singles):
+            parts.extend(res)
+            bar.update(1)
     else:
         for group in groups:
             parts.extend(run_group(group))

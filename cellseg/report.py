@@ -927,6 +927,27 @@ def read_crops(
     return out
 
 
+def report_columns(names: Sequence[str], channels: Sequence[str] = ()) -> list[str]:
+    """The columns of a cell table (of `names`) that a scan's report reads.
+
+    Those of :func:`scan_summary`, :func:`crop_windows` and
+    :func:`figure_histograms` (mean intensity of the first two `channels`).
+    """
+    wanted = {
+        "area_um2",
+        "volume_um3",
+        "equivalent_diameter_um",
+        "touches_border",
+        "form_factor",
+        "sphericity",
+        "solidity",
+        "elongation",
+        "nearest_neighbor_distance_um",
+        *(f"intensity_mean_{ch}" for ch in channels[:2]),
+    }
+    return [n for n in names if n in wanted or n.startswith("centroid_")]
+
+
 def write_report(outdir: str | Path, *, labels: str = "cells") -> Path:
     """Write ``OUTDIR/report.html`` (and ``work/report.json``) for one scan's run.
 
@@ -939,6 +960,8 @@ def write_report(outdir: str | Path, *, labels: str = "cells") -> Path:
     Path
         The report's path.
     """
+    import pyarrow.parquet as pq
+
     from cellseg.io import atomic_write_bytes, atomic_write_json
     from cellseg.measure import channel_keys, read_table_metadata
     from cellseg.pipeline import image_path, read_json, stage_seconds, work_dir
@@ -950,7 +973,11 @@ def write_report(outdir: str | Path, *, labels: str = "cells") -> Path:
     table_path = outdir / "cells.parquet"
     if not table_path.exists():
         read_json(table_path, "measure")
-    table = pd.read_parquet(table_path)
+    names = list(info.get("channel_names") or [])
+    keys = channel_keys(names)
+    # only the columns the report uses: a third of the table
+    columns = report_columns(pq.read_schema(table_path).names, keys)
+    table = pd.read_parquet(table_path, columns=columns)
     meta = read_table_metadata(table_path)
     axes = info["axes"]
     shape, spacing, core = info["shape"], info["spacing"], plan["core_shape"]
@@ -966,8 +993,6 @@ def write_report(outdir: str | Path, *, labels: str = "cells") -> Path:
         k: stitch.get(k) for k in ("n_candidates", "n_duplicates", "n_merged_pieces")
     }
     warnings = qc_warnings(summary)
-    names = list(info.get("channel_names") or [])
-    keys = channel_keys(names)
     stats = info.get("stats", {})
     low, high = float(stats.get("low", 0.0)), float(stats.get("high", 1.0))
     img_path = image_path(outdir, info)

@@ -159,7 +159,11 @@ def candidate_pairs(
     for t in np.unique(tiles_sorted):
         by_tile[int(t)] = order[tiles_sorted == t]
     own = cands.tile[sub]
-    crossing = sub[np.any(lo[sub] < core_lo[own], axis=1) | np.any(hi[sub] > core_hi[own], axis=1)]
+    out_of_core = np.zeros(len(sub), bool)
+    for a in range(nd):  # one axis at a time: temporaries of one column, not of the boxes
+        out_of_core |= lo[sub, a] < core_lo[own, a]
+        out_of_core |= hi[sub, a] > core_hi[own, a]
+    crossing = sub[out_of_core]
     for i in crossing:
         g_lo, g_hi = lo[i] // cs, (hi[i] - 1) // cs
         near = [
@@ -327,20 +331,25 @@ def resolve_candidates(
     ]
     firsts = [min(m, key=lambda i: (int(c.tile[i]), tuple(c.anchor[i]))) for m in joined]
     first = np.concatenate([kept, np.asarray(firsts, np.int64)])
-    home = c.tile[first].astype(np.int64)
-    anchor = c.anchor[first]
-    order = np.lexsort([*(anchor[:, a] for a in reversed(range(c.ndim))), home])
+    home = c.tile[first]
+    keys = [c.anchor[first, a] for a in reversed(range(c.ndim))]
+    order = np.lexsort([*keys, home])
+    del keys, first
     n_tiles = max((t.index for t in tiles), default=-1) + 1
     tile_counts = np.bincount(home, minlength=n_tiles).astype(np.int64)
-    cell_ids = np.empty(len(first), np.int64)
-    cell_ids[order] = np.arange(1, len(first) + 1)
+    n_cells = len(home)
+    del home
     cell_of = np.zeros(n, np.int64)
-    cell_of[kept] = cell_ids[: len(kept)]
-    for members, cell_id in zip(joined, cell_ids[len(kept) :]):
-        cell_of[members] = cell_id
+    for start in range(0, n_cells, 65_536):  # the cells in id order, a block at a time
+        at = order[start : start + 65_536]
+        ids = np.arange(start + 1, start + 1 + len(at))
+        owned_cells = at < len(kept)
+        cell_of[kept[at[owned_cells]]] = ids[owned_cells]
+        for j, cell_id in zip(at[~owned_cells] - len(kept), ids[~owned_cells]):
+            cell_of[joined[j]] = cell_id
     return StitchResult(
         cell_of=cell_of,
-        n_cells=len(first),
+        n_cells=n_cells,
         tile_counts=tile_counts,
         n_duplicates=n_dup,
         n_merged_pieces=int(n_merged),
@@ -383,34 +392,41 @@ def members_by_tile(
     nd = cands.ndim
     grid_of = {t.grid: t.index for t in tiles}
     cs = np.asarray(core_shape)
-    kept = np.flatnonzero(result.cell_of > 0)
-    lo = cands.bbox[kept, :nd] // cs
-    hi = (cands.bbox[kept, nd:] - 1) // cs
-    piece = cands.kind[kept] == PIECE
-    single = ~piece & np.all(lo == hi, axis=1)
-    # pieces paint in their own tile, whole cells in every tile their box touches
-    tile_of = [cands.tile[kept[piece]].astype(np.int64)]
-    cand_of = [kept[piece]]
     grid_shape = np.max([t.grid for t in tiles], axis=0) + 1 if tiles else np.zeros(nd, int)
-    lookup = np.full(tuple(grid_shape), -1, np.int64)
+    lookup = np.full(tuple(grid_shape), -1, np.int32)
     for t in tiles:
         lookup[t.grid] = t.index
-    cell_grid = lo[single]
-    inside = np.all((cell_grid >= 0) & (cell_grid < grid_shape), axis=1)
-    at = np.full(len(cell_grid), -1, np.int64)
-    at[inside] = lookup[tuple(cell_grid[inside].T)]
-    tile_of.append(at)
-    cand_of.append(kept[single])
-    extra_tiles, extra_cands = [], []
-    for k in np.flatnonzero(~piece & ~single):
-        for g in itertools.product(*(range(a, b + 1) for a, b in zip(lo[k], hi[k]))):
-            if g in grid_of:
-                extra_tiles.append(grid_of[g])
-                extra_cands.append(int(kept[k]))
-    tile_of.append(np.asarray(extra_tiles, np.int64))
-    cand_of.append(np.asarray(extra_cands, np.int64))
+    kept_all = np.flatnonzero(result.cell_of > 0)
+    tile_of: list[np.ndarray] = []
+    cand_of: list[np.ndarray] = []
+    for start in range(0, len(kept_all), _MEMBERS_BLOCK):  # bounded temporaries
+        kept = kept_all[start : start + _MEMBERS_BLOCK]
+        lo = cands.bbox[kept, :nd] // cs
+        hi = (cands.bbox[kept, nd:] - 1) // cs
+        piece = cands.kind[kept] == PIECE
+        single = ~piece & np.all(lo == hi, axis=1)
+        # pieces paint in their own tile, whole cells in every tile their box touches
+        tile_of.append(cands.tile[kept[piece]].astype(np.int32))
+        cand_of.append(kept[piece].astype(np.int32))
+        cell_grid = lo[single]
+        inside = np.all((cell_grid >= 0) & (cell_grid < grid_shape), axis=1)
+        at = np.full(len(cell_grid), -1, np.int32)
+        at[inside] = lookup[tuple(cell_grid[inside].T)]
+        tile_of.append(at)
+        cand_of.append(kept[single].astype(np.int32))
+        extra_tiles, extra_cands = [], []
+        for k in np.flatnonzero(~piece & ~single):
+            for g in itertools.product(*(range(a, b + 1) for a, b in zip(lo[k], hi[k]))):
+                if g in grid_of:
+                    extra_tiles.append(grid_of[g])
+                    extra_cands.append(int(kept[k]))
+        tile_of.append(np.asarray(extra_tiles, np.int32))
+        cand_of.append(np.asarray(extra_cands, np.int32))
+    if not tile_of:
+        return {}
     tile_all = np.concatenate(tile_of)
-    cand_all = np.concatenate(cand_of).astype(np.int64)
+    cand_all = np.concatenate(cand_of)
+    del tile_of, cand_of
     found = tile_all >= 0
     tile_all, cand_all = tile_all[found], cand_all[found]
     if not len(tile_all):
@@ -422,3 +438,6 @@ def members_by_tile(
         int(t[0]): members
         for t, members in zip(np.split(tile_all, bounds), np.split(cand_all, bounds))
     }
+
+
+_MEMBERS_BLOCK = 16_384
