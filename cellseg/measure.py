@@ -772,37 +772,6 @@ def _channel_list(intensity_image: Any, shape: tuple[int, ...]) -> list[Any]:
     return channels
 
 
-def cell_boxes(
-    label_image: Any,
-    *,
-    spacing: Sequence[float],
-    axes: str,
-    chunks: Sequence[int],
-    threads: int | None = 1,
-    show_progress: bool = False,
-) -> pd.DataFrame:
-    """Pass 1: id, centroid, bounding box and pixel count of every cell, chunk by chunk.
-
-    Chunks run on `threads` threads, or on the dask.distributed workers inside
-    :func:`cellseg.parallel.dask_scheduler` with an address.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per cell id, sorted by id.
-    """
-    return pd.DataFrame(
-        _cell_boxes(
-            label_image,
-            spacing=spacing,
-            axes=axes,
-            chunks=chunks,
-            threads=threads,
-            show_progress=show_progress,
-        )
-    )
-
-
 def _cell_boxes(
     label_image: Any,
     *,
@@ -812,7 +781,12 @@ def _cell_boxes(
     threads: int | None = 1,
     show_progress: bool = False,
 ) -> dict[str, np.ndarray]:
-    """:func:`cell_boxes` as one array per column."""
+    """Pass 1: id, centroid, bounding box and pixel count of every cell, chunk by chunk.
+
+    Chunks run on `threads` threads, or on the dask.distributed workers inside
+    :func:`cellseg.parallel.dask_scheduler` with an address. Returns one array
+    per column, one row per cell id, sorted by id.
+    """
     from cellseg.parallel import map_chunks
     from cellseg.pipeline import progress
 
