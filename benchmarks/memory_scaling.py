@@ -94,16 +94,34 @@ def make_scan_2d(shape: tuple[int, int], folder: Path) -> Path:
 
 
 def make_scan_3d(shape: tuple[int, int, int], folder: Path) -> Path:
-    """A synthetic 3D OME-Zarr assembled from independent blocks (written once, then reused)."""
+    """A synthetic 3D OME-Zarr assembled from independent blocks (written once, then reused).
+
+    It is written by a spawned process: a child's peak RSS as ``os.wait4`` reports
+    it starts from the RSS of the parent that forked it, so the measuring process
+    must stay small.
+    """
+    import multiprocessing
+
+    path = folder / f"scan_{'x'.join(map(str, shape))}.ome.zarr"
+    if not path.exists():
+        proc = multiprocessing.get_context("spawn").Process(
+            target=write_scan_3d, args=(shape, path)
+        )
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            raise SystemExit(f"synthesizing {path} failed ({proc.exitcode})")
+    return path
+
+
+def write_scan_3d(shape: tuple[int, int, int], path: Path) -> None:
+    """Assemble `shape` from independently synthesized blocks and write it to `path`."""
     import dask
     import dask.array as da
 
     from cellseg.io import write_image
     from cellseg.synth import synthesize_scan
 
-    path = folder / f"scan_{'x'.join(map(str, shape))}.ome.zarr"
-    if path.exists():
-        return path
     grid = [n // b for n, b in zip(shape, BLOCK_3D)]
 
     def block(seed: int):
@@ -126,10 +144,9 @@ def make_scan_3d(shape: tuple[int, int, int], folder: Path) -> Path:
         write_image(
             path, image, axes="zyx", spacing=SPACING_3D, channel_names=["nuclei"], chunks=BLOCK_3D
         )
-    return path
 
 
-def benchmark_scan(scan: Path, shape, tile: int, args, work: Path) -> list[Run]:
+def benchmark_scan(scan: Path, shape, tile: int | list[int], args, work: Path) -> list[Run]:
     """Every stage of one scan, each as a measured child process."""
     from cellseg.pipeline import scan_name
 
@@ -147,7 +164,8 @@ def benchmark_scan(scan: Path, shape, tile: int, args, work: Path) -> list[Run]:
         runs.append(Run(name, label, pixels, peak, seconds))
         print(f"  {name:>12}  {label:<14} {peak:9.0f} MB  {seconds:8.1f} s", flush=True)
 
-    segment = ["segment", str(scan), "-o", str(out), "--tile-size", str(tile), "--force"]
+    tile_size = [str(tile)] if isinstance(tile, int) else list(map(str, tile))
+    segment = ["segment", str(scan), "-o", str(out), "--tile-size", *tile_size, "--force"]
     segment += ["--pixel-size", *pixel_size, "--backend", args.backend, "--device", "cpu"]
     stage("segment", segment + common)
     ingest = ["ingest", str(scan), "-o", str(out), "--force", "--pixel-size", *pixel_size]
@@ -200,7 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         help="scans and outputs (default /tmp/cellseg-memory-scaling)",
     )
     parser.add_argument("--tile-size-2d", type=int, default=512)
-    parser.add_argument("--tile-size-3d", type=int, default=128)
+    parser.add_argument(
+        "--tile-size-3d",
+        type=int,
+        nargs=3,
+        default=[32, 256, 256],
+        metavar=("Z", "Y", "X"),
+        help="3D tile core (default 32 256 256: the same tile in both scans, whose depths "
+        "are 32 and 128)",
+    )
     parser.add_argument("--backend", default="classical", help="default classical")
     parser.add_argument("--threads", type=int, default=2, help="threads of every stage (2)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
