@@ -660,8 +660,13 @@ class _Neighbors:
 
 
 # ----------------------------------------------------------------------------- pass 1
-def _block_partials(labels: np.ndarray, origin: Sequence[int]) -> dict[str, np.ndarray] | None:
-    """Per-id partial sums of one chunk: id, pixel count, coordinate sums, box (global)."""
+def _block_partials(
+    labels: np.ndarray, origin: Sequence[int], coords: type = np.int64
+) -> dict[str, np.ndarray] | None:
+    """Per-id partial sums of one chunk: id, pixel count, coordinate sums, box (global).
+
+    The box is in dtype `coords` (:func:`cellseg.tiling.coord_dtype` of the image).
+    """
     from scipy import ndimage as ndi
 
     uniq, inv = np.unique(labels, return_inverse=True)
@@ -681,8 +686,8 @@ def _block_partials(labels: np.ndarray, origin: Sequence[int]) -> dict[str, np.n
         coord = np.broadcast_to(g, labels.shape).ravel()
         sums[:, ax] = np.bincount(flat, weights=coord, minlength=n)[1:] + origin[ax] * counts[1:]
     slices = ndi.find_objects(inv)
-    starts = np.array([[s[ax].start + origin[ax] for ax in range(nd)] for s in slices], np.int64)
-    stops = np.array([[s[ax].stop + origin[ax] for ax in range(nd)] for s in slices], np.int64)
+    starts = np.array([[s[ax].start + origin[ax] for ax in range(nd)] for s in slices], coords)
+    stops = np.array([[s[ax].stop + origin[ax] for ax in range(nd)] for s in slices], coords)
     return {
         "cell_id": uniq[1:],
         "n_pixels": counts[1:].astype(np.int64),
@@ -695,11 +700,12 @@ def _block_partials(labels: np.ndarray, origin: Sequence[int]) -> dict[str, np.n
 def _combine(
     parts: list[dict[str, np.ndarray]], spacing: Sequence[float], axes: str
 ) -> dict[str, np.ndarray]:
-    """Per-cell id, centroid, bounding box and pixel count, sorted by id, from chunk partials.
+    """Per-cell id, centroid (px), bounding box and pixel count, sorted by id, from partials.
 
     The partials are consumed (emptied field by field). The coordinate sums
     are whole numbers (exact in float64), so the order in which partials are
-    added does not change them.
+    added does not change them. The box keeps the partials' dtype; the
+    centroid in µm is :func:`_centroid_um` of the one in px.
     """
     nd = len(axes)
     if parts:
@@ -723,18 +729,23 @@ def _combine(
         cell_id = np.zeros(0, np.uint32)
         n_pixels = np.zeros(0, np.int64)
         sums = np.zeros((0, nd), np.float64)
-        starts = stops = np.zeros((0, nd), np.int64)
+        starts = stops = np.zeros((0, nd), np.int32)
     out = {"cell_id": cell_id.astype(np.uint32)}
     count = n_pixels.astype(np.float64)
     for ax, name in enumerate(axes):
-        out[f"centroid_{name}_um"] = sums[:, ax] / np.maximum(count, 1) * spacing[ax]
-    for ax, name in enumerate(axes):
         out[f"centroid_{name}_px"] = sums[:, ax] / np.maximum(count, 1)
     for ax, name in enumerate(axes):
-        out[f"bbox_{name}_start_px"] = starts[:, ax].astype(np.int64)
-        out[f"bbox_{name}_stop_px"] = stops[:, ax].astype(np.int64)
-    out["n_pixels"] = count.astype(np.int64)
+        out[f"bbox_{name}_start_px"] = np.ascontiguousarray(starts[:, ax])
+        out[f"bbox_{name}_stop_px"] = np.ascontiguousarray(stops[:, ax])
+    out["n_pixels"] = n_pixels.astype(np.int64)
     return out
+
+
+def _centroid_um(
+    base: dict[str, np.ndarray], axis: str, spacing: float, lo: int, hi: int
+) -> np.ndarray:
+    """Centroids in µm of cells ``lo:hi``: those in px times the pixel size (as one product)."""
+    return base[f"centroid_{axis}_px"][lo:hi] * spacing
 
 
 def _read(array: Any, index: tuple) -> np.ndarray:
@@ -789,15 +800,17 @@ def _cell_boxes(
     """
     from cellseg.parallel import map_chunks
     from cellseg.pipeline import progress
+    from cellseg.tiling import coord_dtype
 
     shape = tuple(label_image.shape)
+    coords = coord_dtype(shape)
     grid = [range(0, n, c) for n, c in zip(shape, chunks)]
     blocks = list(itertools.product(*grid))
 
     def partials(origin: tuple[int, ...]) -> dict[str, np.ndarray] | None:
         sl = tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, chunks, shape))
         lab = _read(label_image, sl)
-        return _block_partials(lab, origin) if lab.any() else None
+        return _block_partials(lab, origin, coords) if lab.any() else None
 
     parts = []
     bar = progress(total=len(blocks), desc="measure boxes", enabled=show_progress)
@@ -1012,12 +1025,15 @@ def measure_cells(
     home = np.ravel_multi_index(tuple((starts // np.array(chunks)).T), grid) if n else []
     order = np.argsort(home, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(np.asarray(home)[order])) + 1) if n else []
-    del home, order
-    work = [(base["cell_id"][g], starts[g], stops[g]) for g in groups]
-    del starts, stops
+    del home, starts, stops  # each group's ids and boxes are gathered when it is measured
     pad = tuple(int(math.ceil(ring_width_um / s)) if ring_width_um > 0 else 0 for s in spacing)
 
-    def run(group: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    def run(index: np.ndarray) -> np.ndarray:
+        group = (
+            base["cell_id"][index],
+            np.stack([base[f"bbox_{a}_start_px"][index] for a in axes], axis=1),
+            np.stack([base[f"bbox_{a}_stop_px"][index] for a in axes], axis=1),
+        )
         return _measure_group(
             group,
             label_image,
@@ -1032,13 +1048,15 @@ def measure_cells(
     store = _RowStore(n, len(measured), None if out is None else out.scratch_path("rows"))
     try:
         bar = progress(total=n, desc="measure cells", enabled=show_progress)
-        for index, rows in zip(groups, map_chunks(run, work, threads=threads)):
+        for index, rows in zip(groups, map_chunks(run, groups, threads=threads)):
             store.put(index, rows)
             bar.update(len(rows))
         bar.close()
-        del work, groups
+        del groups, order
 
-        centroids = np.stack([base[f"centroid_{a}_um"] for a in axes], axis=1).reshape(n, nd)
+        centroids = np.stack(
+            [_centroid_um(base, a, s, 0, n) for a, s in zip(axes, spacing)], axis=1
+        ).reshape(n, nd)
         neighbors = _Neighbors(centroids, base["cell_id"], neighbor_radius_um)
         del centroids
 
@@ -1056,7 +1074,11 @@ def measure_cells(
                 "nearest_neighbor_distance_um": dist,
                 "nearest_neighbor_id": nearest,
             }
+            for a, s in zip(axes, spacing):
+                values[f"centroid_{a}_um"] = _centroid_um(base, a, s, lo, hi)
             for c in schema:
+                if c.name in values:
+                    continue
                 if c.name in base:
                     values[c.name] = base[c.name][lo:hi]
                 elif c.name in position:

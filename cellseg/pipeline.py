@@ -584,14 +584,19 @@ def segment_tiles(
 
 
 # ----------------------------------------------------------------------------- stitch
-def _load_meta(paths: Sequence[Path], ndim: int):
-    """The candidates of all batches without their masks, and each one's batch and index.
+def _load_meta(paths: Sequence[Path], shape: Sequence[int]):
+    """The candidates of all batches without their masks, and the index of each batch's first.
 
     Read one field at a time, so that memory holds one copy of the
-    candidates' rows (as :meth:`Candidates.concat` of the batches would give).
+    candidates' rows (as :meth:`Candidates.concat` of the batches would give),
+    boxes and anchors in :func:`~cellseg.tiling.coord_dtype`. The mask offsets
+    stay in the batch files (:class:`~cellseg.stitching.MaskSource` reads them
+    with the masks).
     """
     from cellseg.segment import Candidates
+    from cellseg.tiling import coord_dtype
 
+    ndim, coords = len(shape), coord_dtype(shape)
     lengths = []
     for path in paths:
         with np.load(path) as f:
@@ -602,21 +607,22 @@ def _load_meta(paths: Sequence[Path], ndim: int):
     else:
         fields = {}
         for name in Candidates.FIELDS:
-            if name == "bits":
+            if name in ("bits", "offsets"):
                 continue
             parts = []
             for path in used:
                 with np.load(path) as f:
-                    parts.append(f[name])
-            if name == "offsets":  # rebased as by Candidates.concat
-                starts = np.cumsum([0] + [int(o[-1]) for o in parts[:-1]])
-                parts = [np.zeros(1, np.int64)] + [o[1:] + s for o, s in zip(parts, starts)]
+                    parts.append(f[name].astype(coords) if name in ("bbox", "anchor") else f[name])
             fields[name] = np.concatenate(parts)
             del parts
-        meta = Candidates(bits=np.zeros(0, np.uint8), **fields)
-    part_of = np.repeat(np.arange(len(paths), dtype=np.int32), lengths)
-    local_of = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths] or [[]])
-    return meta, part_of, local_of.astype(np.int32)
+        meta = Candidates(bits=np.zeros(0, np.uint8), offsets=np.zeros(1, np.int64), **fields)
+    return meta, np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+
+
+def _load_masks(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The packed masks of a batch file and their byte offsets."""
+    with np.load(path) as f:
+        return f["offsets"], f["bits"]
 
 
 def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = False) -> dict:
@@ -628,7 +634,6 @@ def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = Fals
         The content of ``work/stitch.json``.
     """
     from cellseg.io import atomic_write_json, create_labels, finalize_labels
-    from cellseg.segment import Candidates
     from cellseg.stitching import MaskSource, members_by_tile, paint_region, resolve_candidates
 
     outdir = Path(outdir)
@@ -665,13 +670,8 @@ def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = Fals
     t0 = time.perf_counter()
     # one row per candidate, no masks: they are read per batch when needed
     paths = [batch_path(outdir, b) for b in batches]
-    meta, part_of, local_of = _load_meta(paths, len(content["shape"]))
-    source = MaskSource(
-        meta,
-        loader=lambda k: Candidates.load(batch_path(outdir, batches[k])),
-        part_of=part_of,
-        local_of=local_of,
-    )
+    meta, part_starts = _load_meta(paths, content["shape"])
+    source = MaskSource(meta, loader=lambda k: _load_masks(paths[k]), part_starts=part_starts)
     core_shape = content["core_shape"]
     result = resolve_candidates(source, tiles, core_shape, margin=content["margin"])
     members = members_by_tile(meta, tiles, core_shape, result)

@@ -24,7 +24,8 @@ Rules, in order:
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict, defaultdict
+from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -67,43 +68,70 @@ class MaskSource:
     meta : Candidates
         All candidates of a scan; ``bits`` may be empty when ``loader`` is given.
     loader : callable, optional
-        ``loader(part) -> Candidates`` loading one stored part (e.g. a batch file)
-        with its masks; ``part_of[i]`` and ``local_of[i]`` locate candidate ``i``.
-    part_of, local_of : ndarray, optional
-        Part and index within the part for every candidate.
-    cache_size : int
-        Number of parts whose packed masks are held in memory (their boxes
-        are those of ``meta``).
+        ``loader(part) -> (offsets, bits)``: the packed masks of one stored
+        part (e.g. a batch file) and their byte offsets. The parts' candidates
+        follow each other in ``meta``.
+    part_starts : ndarray, optional
+        With ``loader``: the index in ``meta`` of each part's first candidate,
+        then ``len(meta)``.
+    cache_runs : int
+        Runs of candidates (a tile's, in one part) whose packed masks are held,
+        the least recently used dropped first. A part is read whole and all its
+        runs are cached, so memory is bounded by a few dozen tiles' masks
+        however many tiles a part has.
     """
 
     def __init__(
         self,
         meta: Candidates,
-        loader: Callable[[int], Candidates] | None = None,
-        part_of: np.ndarray | None = None,
-        local_of: np.ndarray | None = None,
-        cache_size: int = 12,
+        loader: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
+        part_starts: np.ndarray | None = None,
+        cache_runs: int = 48,
     ) -> None:
         self.meta = meta
         self.loader = loader
-        self.part_of = part_of
-        self.local_of = local_of
-        self.cache_size = cache_size
+        self.cache_runs = cache_runs
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        if loader is not None:
+            n = len(meta)
+            self.part_starts = np.asarray(part_starts, np.int64)
+            cuts = np.flatnonzero(np.diff(meta.tile)) + 1
+            cuts = np.union1d(
+                cuts, self.part_starts[(self.part_starts > 0) & (self.part_starts < n)]
+            )
+            self.run_starts = np.concatenate([[0], cuts]).astype(np.int64)
+            self.run_stops = np.concatenate([cuts, [n]]).astype(np.int64)
+
+    def _load(self, run: int) -> None:
+        """Read the part that holds `run` and cache its runs, `run` last (most recent)."""
+        lo = int(self.run_starts[run])
+        part = int(np.searchsorted(self.part_starts, lo, side="right")) - 1
+        offsets, bits = self.loader(part)
+        first = int(self.part_starts[part])
+        stop = int(self.part_starts[part + 1])
+        runs = range(
+            int(np.searchsorted(self.run_starts, first)),
+            int(np.searchsorted(self.run_starts, stop)),
+        )
+        for r in [*(r for r in runs if r != run), run]:
+            a = int(self.run_starts[r]) - first
+            b = int(self.run_stops[r]) - first
+            off = offsets[a : b + 1]
+            self._cache[r] = (off - off[0], bits[off[0] : off[-1]].copy())
+            self._cache.move_to_end(r)
+            while len(self._cache) > self.cache_runs:
+                self._cache.popitem(last=False)
 
     def mask(self, i: int) -> np.ndarray:
         """Mask crop of candidate ``i``."""
         if self.loader is None:
             return self.meta.mask(i)
-        part = int(self.part_of[i])
-        if part not in self._cache:
-            loaded = self.loader(part)
-            self._cache[part] = (loaded.offsets, loaded.bits)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(part)
-        offsets, bits = self._cache[part]
-        k = int(self.local_of[i])
+        run = int(np.searchsorted(self.run_starts, i, side="right")) - 1
+        if run not in self._cache:
+            self._load(run)
+        self._cache.move_to_end(run)
+        offsets, bits = self._cache[run]
+        k = i - int(self.run_starts[run])
         return unpack_mask(bits[offsets[k] : offsets[k + 1]], self.meta.bbox[i])
 
 
@@ -187,20 +215,25 @@ def _pairs(pairs: np.ndarray) -> Iterator[tuple[int, int]]:
         yield int(pairs[k, 0]), int(pairs[k, 1])
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
+def _piece_groups(pieces: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, int]:
+    """Group of each piece, the connected components of the joined pairs `edges`.
 
-    def find(self, a: int) -> int:
-        while self.parent[a] != a:
-            self.parent[a] = self.parent[self.parent[a]]
-            a = self.parent[a]
-        return a
+    `pieces` are sorted candidate indices and `edges` pairs of them. Groups are
+    numbered in the order of their first piece.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+    m = len(pieces)
+    ends = np.searchsorted(pieces, edges)
+    graph = coo_matrix((np.ones(len(ends), np.int8), (ends[:, 0], ends[:, 1])), shape=(m, m))
+    n_groups, group = connected_components(graph, directed=False)
+    # renumber by first piece, whatever order the traversal gave
+    first = np.full(n_groups, m, np.int64)
+    np.minimum.at(first, group, np.arange(m))
+    rank = np.empty(n_groups, np.int64)
+    rank[np.argsort(first)] = np.arange(n_groups)
+    return rank[group], int(n_groups)
 
 
 def resolve_candidates(
@@ -289,17 +322,16 @@ def resolve_candidates(
         if inter >= view_fraction * c.area[pi]:
             alive[pi] = False
 
-    # 3. join pieces across tiles
+    # 3. join pieces across tiles: the joined pairs are the edges of a graph whose
+    #    connected components are cells (arrays throughout: no per-piece objects)
     pieces = np.flatnonzero(piece & alive)
-    index_of = {int(p): k for k, p in enumerate(pieces)}
-    uf = _UnionFind(len(pieces))
     sizes = np.zeros(len(pieces), np.int64)
     for k, p in enumerate(pieces):
         sizes[k] = _count_in(source.mask(p), box(p), cores[int(c.tile[p])])
+    edges = array("q")
     for i, j in _pairs(candidate_pairs(c, tiles, core_shape, piece & alive)):
         mi, mj = source.mask(i), source.mask(j)
         ti, tj = int(c.tile[i]), int(c.tile[j])
-        joined = False
         for (a, ma, ta), (b, mb, tb) in (((i, mi, ti), (j, mj, tj)), ((j, mj, tj), (i, mi, ti))):
             # does a's object cover b's piece where a's tile can see it?
             region = box_intersection(cores[tb], trusted[ta])
@@ -310,43 +342,45 @@ def resolve_candidates(
                 continue
             covered = _overlap(ma, box(a), mb, box(b), within=region)
             if covered >= join_fraction * visible:
-                joined = True
+                edges.extend((i, j))
                 break
-        if joined:
-            uf.union(index_of[i], index_of[j])
-    groups: dict[int, list[int]] = defaultdict(list)
-    for k, p in enumerate(pieces):
-        groups[uf.find(k)].append(int(p))
-    n_merged = sum(len(g) for g in groups.values() if len(g) > 1)
+    group, n_groups = _piece_groups(pieces, np.frombuffer(edges, np.int64).reshape(-1, 2))
+    del edges
+    members = np.bincount(group, minlength=n_groups)
+    n_merged = int(members[members > 1].sum())
+    # a group is a cell when its pieces have min_piece_pixels in all; its home
+    # is its first piece by (tile, anchor), then index
+    kept_group = np.bincount(group, weights=sizes, minlength=n_groups) >= min_piece_pixels
+    del sizes, members
+    by_key = np.lexsort(
+        [pieces, *(c.anchor[pieces, a] for a in reversed(range(c.ndim))), c.tile[pieces], group]
+    )
+    firsts = pieces[by_key[np.flatnonzero(np.diff(group[by_key], prepend=-1))]]
+    del by_key
+    firsts = firsts[kept_group]
 
     # 4. ids: prefix sum over per-tile counts, anchor order within a tile. Cells are
     #    kept owned candidates (in index order), then joined pieces (in group order),
     #    as arrays of their home tile and anchor; a stable sort by (tile, anchor)
     #    puts each tile's cells together, so a cell's id is its place in that order.
     kept = np.flatnonzero(kept_owned)
-    joined = [
-        members
-        for members in groups.values()
-        if sum(sizes[index_of[m]] for m in members) >= min_piece_pixels
-    ]
-    firsts = [min(m, key=lambda i: (int(c.tile[i]), tuple(c.anchor[i]))) for m in joined]
-    first = np.concatenate([kept, np.asarray(firsts, np.int64)])
+    first = np.concatenate([kept, firsts])
     home = c.tile[first]
     keys = [c.anchor[first, a] for a in reversed(range(c.ndim))]
     order = np.lexsort([*keys, home])
-    del keys, first
+    del keys, first, firsts
     n_tiles = max((t.index for t in tiles), default=-1) + 1
     tile_counts = np.bincount(home, minlength=n_tiles).astype(np.int64)
     n_cells = len(home)
     del home
+    id_of = np.empty(n_cells, np.int64)  # id of each entry of `first`
+    id_of[order] = np.arange(1, n_cells + 1)
+    del order
     cell_of = np.zeros(n, np.int64)
-    for start in range(0, n_cells, 65_536):  # the cells in id order, a block at a time
-        at = order[start : start + 65_536]
-        ids = np.arange(start + 1, start + 1 + len(at))
-        owned_cells = at < len(kept)
-        cell_of[kept[at[owned_cells]]] = ids[owned_cells]
-        for j, cell_id in zip(at[~owned_cells] - len(kept), ids[~owned_cells]):
-            cell_of[joined[j]] = cell_id
+    cell_of[kept] = id_of[: len(kept)]
+    group_id = np.zeros(n_groups, np.int64)
+    group_id[kept_group] = id_of[len(kept) :]
+    cell_of[pieces] = group_id[group]
     return StitchResult(
         cell_of=cell_of,
         n_cells=n_cells,

@@ -177,6 +177,21 @@ def owner_grid(point: Sequence[int], core_shape: Sequence[int]) -> tuple[int, ..
     return tuple(int(p) // int(c) for p, c in zip(point, core_shape))
 
 
+def coord_dtype(shape: Sequence[int]):
+    """The integer dtype that holds pixel coordinates and box bounds of a scan of `shape`.
+
+    int32 (half the memory of int64 in per-cell arrays) unless an axis reaches 2**31.
+
+    Examples
+    --------
+    >>> coord_dtype((128, 2048, 2048)).__name__
+    'int32'
+    """
+    import numpy as np
+
+    return np.int32 if max(shape, default=0) < 2**31 else np.int64
+
+
 def batch_tiles(n_tiles: int, tiles_per_batch: int) -> dict[str, list[int]]:
     """Group tile indices into named batches of consecutive tiles.
 

@@ -81,3 +81,77 @@ def test_classical_finds_synthetic_nuclei(scan2d):
     labels = segment_array(image, spacing=spacing, tile_size=128, backend="classical")
     r = match_instances(truth, labels, 0.5)
     assert r["precision"] > 0.75 and r["recall"] > 0.5, r
+
+
+def _disk_candidates(tile_size, overlap=None):
+    """The candidates of every tile of the disk scene (pieces of the large cell included)."""
+    from cellseg.normalize import compute_scan_stats, normalize
+    from cellseg.pipeline import tile_geometry
+    from cellseg.segment import tile_candidates
+    from cellseg.tiling import plan_tiles
+
+    image, _ = disk_scene()
+    spacing = (0.5, 0.5)
+    be = ClassicalBackend()
+    stats = compute_scan_stats(image)
+    core, halo, margin, _ = tile_geometry(image.shape, spacing, be, tile_size, overlap)
+    tiles = plan_tiles(image.shape, core, halo)
+    parts = []
+    for t in tiles:
+        lab = be.predict([normalize(image[t.halo_slices], stats)], spacing, stats)[0]
+        parts.append(
+            tile_candidates(lab, t, shape=image.shape, core_shape=core, halo=halo, margin=margin)
+        )
+    return parts, tiles, core, margin
+
+
+def test_mask_source_holds_a_few_tiles_and_stitches_as_in_memory():
+    from cellseg.segment import PIECE, Candidates
+    from cellseg.stitching import MaskSource, resolve_candidates
+
+    per_tile, tiles, core, margin = _disk_candidates(32, overlap=12)
+    # parts of three tiles each, as batch files would hold them
+    parts = [Candidates.concat(per_tile[k : k + 3], 2) for k in range(0, len(per_tile), 3)]
+    whole = Candidates.concat(parts, 2)
+    assert np.any(whole.kind == PIECE) and len(parts) >= 3
+    loads = []
+
+    def loader(k):
+        loads.append(k)
+        return parts[k].offsets, parts[k].bits
+
+    starts = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
+    meta = Candidates(
+        **{
+            **{f: getattr(whole, f) for f in Candidates.FIELDS},
+            "bits": np.zeros(0, np.uint8),
+            "offsets": np.zeros(1, np.int64),
+        }
+    )
+    lazy = MaskSource(meta, loader=loader, part_starts=starts, cache_runs=2)
+    order = np.random.default_rng(0).permutation(len(whole))
+    for i in order:
+        assert np.array_equal(lazy.mask(int(i)), whole.mask(int(i)))
+        assert len(lazy._cache) <= 2
+    assert len(loads) > len(parts)  # runs were dropped and read again
+    a = resolve_candidates(MaskSource(whole), tiles, core, margin=margin)
+    b = resolve_candidates(
+        MaskSource(meta, loader=loader, part_starts=starts, cache_runs=2),
+        tiles,
+        core,
+        margin=margin,
+    )
+    assert a.n_merged_pieces > 0
+    assert np.array_equal(a.cell_of, b.cell_of) and a.n_cells == b.n_cells
+
+
+def test_piece_groups_are_components_numbered_by_first_piece():
+    from cellseg.stitching import _piece_groups
+
+    pieces = np.array([3, 5, 8, 9, 12, 20])
+    edges = np.array([[9, 20], [5, 12], [12, 20]])
+    group, n = _piece_groups(pieces, edges)
+    assert n == 3
+    assert group.tolist() == [0, 1, 2, 1, 1, 1]
+    group, n = _piece_groups(np.zeros(0, np.int64), np.zeros((0, 2), np.int64))
+    assert n == 0 and len(group) == 0
