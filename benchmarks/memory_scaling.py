@@ -13,7 +13,7 @@ time linear in the pixels means a time ratio near 16.
 
     nice -n 10 python benchmarks/memory_scaling.py --quick   # 2D: 2048² and 8192²
     nice -n 10 python benchmarks/memory_scaling.py           # + 3D: 32×1024² and 128×2048²
-    nice -n 10 python benchmarks/memory_scaling.py --dims 3d # only the 3D pair (hours on 2 cores)
+    nice -n 10 python benchmarks/memory_scaling.py --dims 3d # only the 3D pair (~1 h 45 min)
 
 The 2D scans are ``cellseg synth`` OME-TIFFs (uncompressed, one strip per
 plane, as many microscopes and ImageJ write them). The 3D scans are too large

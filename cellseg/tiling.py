@@ -177,7 +177,7 @@ def owner_grid(point: Sequence[int], core_shape: Sequence[int]) -> tuple[int, ..
     return tuple(int(p) // int(c) for p, c in zip(point, core_shape))
 
 
-def coord_dtype(shape: Sequence[int]):
+def coord_dtype(shape: Sequence[int]) -> type:
     """The integer dtype that holds pixel coordinates and box bounds of a scan of `shape`.
 
     int32 (half the memory of int64 in per-cell arrays) unless an axis reaches 2**31.
