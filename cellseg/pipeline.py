@@ -924,6 +924,52 @@ def segment(
 
 
 # ----------------------------------------------------------------------------- in memory
+def array_candidates(
+    image: np.ndarray,
+    *,
+    spacing: Sequence[float] | None = None,
+    tile_size: int | Sequence[int] = 512,
+    overlap: int | None = None,
+    backend=None,
+    stats: dict | None = None,
+):
+    """Plan the tiles of an in-memory image and segment each one into candidates.
+
+    Parameters are those of :func:`segment_array`.
+
+    Returns
+    -------
+    parts : list of Candidates
+        One per tile, in tile order.
+    tiles : list of Tile
+    core_shape, margin : tuple of int
+        As planned for the backend.
+    """
+    from cellseg.backends import get_backend
+    from cellseg.normalize import compute_scan_stats, normalize
+    from cellseg.segment import tile_candidates
+    from cellseg.tiling import plan_tiles
+
+    spacing = tuple(spacing or (1.0,) * image.ndim)
+    be = (
+        backend
+        if backend is not None and not isinstance(backend, str)
+        else get_backend(backend, ndim=image.ndim)
+    )
+    stats = stats or compute_scan_stats(image)
+    core_shape, halo, margin, _ = tile_geometry(image.shape, spacing, be, tile_size, overlap)
+    tiles = plan_tiles(image.shape, core_shape, halo)
+    parts = []
+    for t in tiles:
+        lab = be.predict([normalize(image[t.halo_slices], stats)], spacing, stats)[0]
+        parts.append(
+            tile_candidates(
+                lab, t, shape=image.shape, core_shape=core_shape, halo=halo, margin=margin
+            )
+        )
+    return parts, tiles, core_shape, margin
+
+
 def segment_array(
     image: np.ndarray,
     *,
@@ -953,29 +999,12 @@ def segment_array(
     ndarray of uint32
         Label image.
     """
-    from cellseg.backends import get_backend
-    from cellseg.normalize import compute_scan_stats, normalize
-    from cellseg.segment import Candidates, tile_candidates
+    from cellseg.segment import Candidates
     from cellseg.stitching import MaskSource, members_by_tile, paint_region, resolve_candidates
-    from cellseg.tiling import plan_tiles
 
-    spacing = tuple(spacing or (1.0,) * image.ndim)
-    be = (
-        backend
-        if backend is not None and not isinstance(backend, str)
-        else get_backend(backend, ndim=image.ndim)
+    parts, tiles, core_shape, margin = array_candidates(
+        image, spacing=spacing, tile_size=tile_size, overlap=overlap, backend=backend, stats=stats
     )
-    stats = stats or compute_scan_stats(image)
-    core_shape, halo, margin, _ = tile_geometry(image.shape, spacing, be, tile_size, overlap)
-    tiles = plan_tiles(image.shape, core_shape, halo)
-    parts = []
-    for t in tiles:
-        lab = be.predict([normalize(image[t.halo_slices], stats)], spacing, stats)[0]
-        parts.append(
-            tile_candidates(
-                lab, t, shape=image.shape, core_shape=core_shape, halo=halo, margin=margin
-            )
-        )
     source = MaskSource(Candidates.concat(parts, image.ndim))
     result = resolve_candidates(source, tiles, core_shape, margin=margin)
     members = members_by_tile(source.meta, tiles, core_shape, result)

@@ -85,24 +85,12 @@ def test_classical_finds_synthetic_nuclei(scan2d):
 
 def _disk_candidates(tile_size, overlap=None):
     """The candidates of every tile of the disk scene (pieces of the large cell included)."""
-    from cellseg.normalize import compute_scan_stats, normalize
-    from cellseg.pipeline import tile_geometry
-    from cellseg.segment import tile_candidates
-    from cellseg.tiling import plan_tiles
+    from cellseg.pipeline import array_candidates
 
     image, _ = disk_scene()
-    spacing = (0.5, 0.5)
-    be = ClassicalBackend()
-    stats = compute_scan_stats(image)
-    core, halo, margin, _ = tile_geometry(image.shape, spacing, be, tile_size, overlap)
-    tiles = plan_tiles(image.shape, core, halo)
-    parts = []
-    for t in tiles:
-        lab = be.predict([normalize(image[t.halo_slices], stats)], spacing, stats)[0]
-        parts.append(
-            tile_candidates(lab, t, shape=image.shape, core_shape=core, halo=halo, margin=margin)
-        )
-    return parts, tiles, core, margin
+    return array_candidates(
+        image, spacing=(0.5, 0.5), tile_size=tile_size, overlap=overlap, backend="classical"
+    )
 
 
 def test_mask_source_holds_a_few_tiles_and_stitches_as_in_memory():
