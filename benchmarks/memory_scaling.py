@@ -13,7 +13,9 @@ time linear in the pixels means a time ratio near 16.
 
     nice -n 10 python benchmarks/memory_scaling.py --quick   # 2D: 2048² and 8192²
     nice -n 10 python benchmarks/memory_scaling.py           # + 3D: 32×1024² and 128×2048²
-    nice -n 10 python benchmarks/memory_scaling.py --dims 3d # only the 3D pair (~1 h 45 min)
+    nice -n 10 python benchmarks/memory_scaling.py --dims 3d # only the 3D pair (~2 h)
+    # again, only the stand-alone stages (they reuse the folders segment left)
+    nice -n 10 python benchmarks/memory_scaling.py --dims 3d --stages stitch measure
 
 The 2D scans are ``cellseg synth`` OME-TIFFs (uncompressed, one strip per
 plane, as many microscopes and ImageJ write them). The 3D scans are too large
@@ -160,6 +162,8 @@ def benchmark_scan(scan: Path, shape, tile: int | list[int], args, work: Path) -
     runs = []
 
     def stage(label: str, cmd: list[str]) -> None:
+        if label not in args.stages:
+            return
         peak, seconds = measured(cli + cmd, log)
         runs.append(Run(name, label, pixels, peak, seconds))
         print(f"  {name:>12}  {label:<14} {peak:9.0f} MB  {seconds:8.1f} s", flush=True)
@@ -168,6 +172,8 @@ def benchmark_scan(scan: Path, shape, tile: int | list[int], args, work: Path) -
     segment = ["segment", str(scan), "-o", str(out), "--tile-size", *tile_size, "--force"]
     segment += ["--pixel-size", *pixel_size, "--backend", args.backend, "--device", "cpu"]
     stage("segment", segment + common)
+    if "segment" not in args.stages and not (out / "work" / "stitch.json").exists():
+        raise SystemExit(f"{out} holds no finished run: measure the segment stage first")
     ingest = ["ingest", str(scan), "-o", str(out), "--force", "--pixel-size", *pixel_size]
     stage("ingest", ingest + common)
     plan = json.loads((out / "work" / "tiles.json").read_text())
@@ -222,10 +228,19 @@ def main(argv: list[str] | None = None) -> int:
         "--tile-size-3d",
         type=int,
         nargs=3,
-        default=[32, 256, 256],
+        default=[11, 256, 256],
         metavar=("Z", "Y", "X"),
-        help="3D tile core (default 32 256 256: the same tile in both scans, whose depths "
-        "are 32 and 128)",
+        help="3D tile core (default 11 256 256: the 32-plane scan is then three tiles deep, "
+        "so both scans have tiles with their full z halo on both sides, 11 planes at the "
+        "default diameter: 32 and 33 planes read)",
+    )
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        help="stages to measure (default all; ingest comes first whenever a later stand-alone "
+        "stage is asked for and the scan has no output yet)",
     )
     parser.add_argument("--backend", default="classical", help="default classical")
     parser.add_argument("--threads", type=int, default=2, help="threads of every stage (2)")

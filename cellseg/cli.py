@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cellseg import __version__
 from cellseg.errors import CellsegError
+from cellseg.parallel import keep_heap_flat
 
 
 def _channel(value: str) -> int | str:
@@ -420,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    keep_heap_flat()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",

@@ -697,47 +697,128 @@ def _block_partials(
     }
 
 
-def _combine(
-    parts: list[dict[str, np.ndarray]], spacing: Sequence[float], axes: str
-) -> dict[str, np.ndarray]:
-    """Per-cell id, centroid (px), bounding box and pixel count, sorted by id, from partials.
+class _Partials:
+    """Pass 1's per-id sums, gathered chunk by chunk (see :func:`_block_partials`).
 
-    The partials are consumed (emptied field by field). The coordinate sums
-    are whole numbers (exact in float64), so the order in which partials are
-    added does not change them. The box keeps the partials' dtype; the
-    centroid in µm is :func:`_centroid_um` of the one in px.
+    While the ids are dense, as stitching numbers them (the largest id at
+    most :data:`_DENSE_SLACK` times the partial rows seen, or below
+    :data:`_DENSE_MIN`), the sums are added into arrays indexed by id as each
+    chunk comes: memory holds one row per id, not one per chunk that a cell
+    crosses. Sparse ids keep the chunks' partials and combine them at the end.
     """
-    nd = len(axes)
-    if parts:
-        ids = np.concatenate([p.pop("cell_id") for p in parts])
-        order = np.argsort(ids, kind="stable")
-        ids = ids[order]
-        first = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
-        cell_id = ids[first]
-        del ids
 
-        def reduce(ufunc: np.ufunc, key: str) -> np.ndarray:
-            # each field leaves the partials as it is reduced: memory holds them once
-            values = np.concatenate([p.pop(key) for p in parts])
-            return ufunc.reduceat(values[order], first, axis=0)
+    def __init__(self, nd: int, coords: type) -> None:
+        self.nd, self.coords = nd, coords
+        self.rows = 0  # partial rows seen (at least the distinct ids)
+        self.dense: dict[str, np.ndarray] | None = self._dense(0)
+        self.parts: list[dict[str, np.ndarray]] = []
 
-        n_pixels = reduce(np.add, "n_pixels")
-        sums = reduce(np.add, "sums")
-        starts = reduce(np.minimum, "starts")
-        stops = reduce(np.maximum, "stops")
-    else:
-        cell_id = np.zeros(0, np.uint32)
-        n_pixels = np.zeros(0, np.int64)
-        sums = np.zeros((0, nd), np.float64)
-        starts = stops = np.zeros((0, nd), np.int32)
-    out = {"cell_id": cell_id.astype(np.uint32)}
-    count = n_pixels.astype(np.float64)
-    for ax, name in enumerate(axes):
-        out[f"centroid_{name}_px"] = sums[:, ax] / np.maximum(count, 1)
-    for ax, name in enumerate(axes):
-        out[f"bbox_{name}_start_px"] = np.ascontiguousarray(starts[:, ax])
-        out[f"bbox_{name}_stop_px"] = np.ascontiguousarray(stops[:, ax])
-    out["n_pixels"] = n_pixels.astype(np.int64)
+    def _dense(self, size: int) -> dict[str, np.ndarray]:
+        nd, coords = self.nd, self.coords
+        return {
+            "n_pixels": np.zeros(size, np.int64),
+            "sums": np.zeros((size, nd), np.float64),
+            "starts": np.full((size, nd), np.iinfo(coords).max, coords),
+            "stops": np.zeros((size, nd), coords),
+        }
+
+    def add(self, part: dict[str, np.ndarray]) -> None:
+        """Add one chunk's partials (its ids unique, ascending)."""
+        ids = part["cell_id"]
+        self.rows += len(ids)
+        if self.dense is not None:
+            top = int(ids[-1]) + 1
+            if top > max(_DENSE_MIN, _DENSE_SLACK * self.rows):
+                self.parts.append(self._present(self.dense))
+                self.dense = None
+            else:
+                size = len(self.dense["n_pixels"])
+                if top > size:
+                    self._grow(max(top, 2 * size))
+        if self.dense is None:
+            self.parts.append(part)
+            return
+        d = self.dense
+        d["n_pixels"][ids] += part["n_pixels"]
+        d["sums"][ids] += part["sums"]
+        d["starts"][ids] = np.minimum(d["starts"][ids], part["starts"])
+        d["stops"][ids] = np.maximum(d["stops"][ids], part["stops"])
+
+    def _grow(self, size: int) -> None:
+        bigger = self._dense(size)
+        for key, values in self.dense.items():
+            bigger[key][: len(values)] = values
+        self.dense = bigger
+
+    @staticmethod
+    def _present(dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The rows of ids with pixels, as one partial (the dense arrays are consumed)."""
+        ids = np.flatnonzero(dense["n_pixels"])
+        out = {"cell_id": ids.astype(np.uint32)}
+        for key in ("n_pixels", "sums", "starts", "stops"):
+            out[key] = dense.pop(key)[ids]
+        return out
+
+    def columns(self, axes: str) -> dict[str, np.ndarray]:
+        """Per-cell id, centroid (px), bounding box and pixel count, sorted by id.
+
+        The partials are consumed. The coordinate sums are whole numbers
+        (exact in float64), so the order in which partials were added does not
+        change them. The box keeps dtype `coords`; the centroid in µm is
+        :func:`_centroid_um` of the one in px.
+        """
+        if self.dense is not None:
+            rows = self._present(self.dense)
+            self.dense = None
+        else:
+            rows = _combine(self.parts, self.nd, self.coords)
+            self.parts = []
+        out = {"cell_id": rows.pop("cell_id")}
+        count = np.maximum(rows["n_pixels"], 1).astype(np.float64)
+        sums = rows.pop("sums")
+        for ax, name in enumerate(axes):
+            out[f"centroid_{name}_px"] = sums[:, ax] / count
+        del sums, count
+        starts, stops = rows.pop("starts"), rows.pop("stops")
+        for ax, name in enumerate(axes):
+            out[f"bbox_{name}_start_px"] = np.ascontiguousarray(starts[:, ax])
+            out[f"bbox_{name}_stop_px"] = np.ascontiguousarray(stops[:, ax])
+        out["n_pixels"] = rows.pop("n_pixels")
+        return out
+
+
+#: Ids below this are always summed in dense arrays (see :class:`_Partials`).
+_DENSE_MIN = 1 << 20
+#: Dense while the largest id is at most this many times the partial rows seen.
+_DENSE_SLACK = 4
+
+
+def _combine(parts: list[dict[str, np.ndarray]], nd: int, coords: type) -> dict[str, np.ndarray]:
+    """One row per id from chunks' partials (consumed, field by field), sorted by id."""
+    if not parts:
+        return {
+            "cell_id": np.zeros(0, np.uint32),
+            "n_pixels": np.zeros(0, np.int64),
+            "sums": np.zeros((0, nd), np.float64),
+            "starts": np.zeros((0, nd), coords),
+            "stops": np.zeros((0, nd), coords),
+        }
+    ids = np.concatenate([p.pop("cell_id") for p in parts])
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    first = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
+    out = {"cell_id": ids[first].astype(np.uint32)}
+    del ids
+
+    def reduce(ufunc: np.ufunc, key: str) -> np.ndarray:
+        # each field leaves the partials as it is reduced: memory holds them once
+        values = np.concatenate([p.pop(key) for p in parts])
+        return ufunc.reduceat(values[order], first, axis=0)
+
+    out["n_pixels"] = reduce(np.add, "n_pixels")
+    out["sums"] = reduce(np.add, "sums")
+    out["starts"] = reduce(np.minimum, "starts")
+    out["stops"] = reduce(np.maximum, "stops")
     return out
 
 
@@ -786,7 +867,6 @@ def _channel_list(intensity_image: Any, shape: tuple[int, ...]) -> list[Any]:
 def _cell_boxes(
     label_image: Any,
     *,
-    spacing: Sequence[float],
     axes: str,
     chunks: Sequence[int],
     threads: int | None = 1,
@@ -812,14 +892,14 @@ def _cell_boxes(
         lab = _read(label_image, sl)
         return _block_partials(lab, origin, coords) if lab.any() else None
 
-    parts = []
+    gathered = _Partials(len(shape), coords)
     bar = progress(total=len(blocks), desc="measure boxes", enabled=show_progress)
     for part in map_chunks(partials, blocks, threads=threads):
         bar.update(1)
         if part is not None:
-            parts.append(part)
+            gathered.add(part)
     bar.close()
-    return _combine(parts, spacing, axes)
+    return gathered.columns(axes)
 
 
 # ----------------------------------------------------------------------------- pass 2
@@ -999,7 +1079,6 @@ def measure_cells(
 
     base = _cell_boxes(
         label_image,
-        spacing=spacing,
         axes=axes,
         chunks=chunks,
         threads=threads,

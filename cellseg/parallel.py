@@ -147,6 +147,49 @@ def in_pool_thread() -> bool:
     return getattr(_IN_POOL, "active", False)
 
 
+#: Blocks of at least this many bytes get a mapping of their own (see :func:`keep_heap_flat`).
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def keep_heap_flat(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Have the C allocator give freed blocks of `threshold` bytes or more back at once.
+
+    glibc raises its mmap threshold each time a large block is freed (up to
+    32 MiB). After that, blocks of a chunk's size come from the heap, and each
+    thread's arena keeps them once freed. A stage that reads chunk after chunk
+    then holds far more than the chunks in flight. Fixing the threshold (which
+    also stops that adjustment) keeps such stages flat. The command line calls
+    this once at start.
+
+    Returns
+    -------
+    bool
+        Whether the threshold was set (False off glibc).
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, int(threshold)))
+
+
+def trim_heap() -> None:
+    """Give the free pages of the C allocator's heaps back to the system (glibc; else nothing).
+
+    For a stage that is done with a large working set made of many small
+    blocks, before it starts on something else.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def available_cpus() -> int:
     """CPUs this process may run on (its affinity mask, e.g. a SLURM allocation)."""
     try:

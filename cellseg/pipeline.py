@@ -634,6 +634,7 @@ def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = Fals
         The content of ``work/stitch.json``.
     """
     from cellseg.io import atomic_write_json, create_labels, finalize_labels
+    from cellseg.parallel import trim_heap
     from cellseg.stitching import MaskSource, members_by_tile, paint_region, resolve_candidates
 
     outdir = Path(outdir)
@@ -675,15 +676,30 @@ def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = Fals
     core_shape = content["core_shape"]
     result = resolve_candidates(source, tiles, core_shape, margin=content["margin"])
     members = members_by_tile(meta, tiles, core_shape, result)
+    n_candidates = len(meta)
+    # painting reads only the candidates' kinds and boxes: the other rows go
+    meta.tile = meta.anchor = meta.area = meta.score = None
     img = image_path(outdir, info)
     labels = create_labels(img, "cells", tuple(content["shape"]), tuple(core_shape))
     present = np.zeros(result.n_cells + 1, bool)  # ids painted (a byte per id, not a set)
+    region = None
     for t in progress(tiles, desc="stitch", enabled=show_progress):
         region = paint_region(source, result, t.core, members.get(t.index, []))
         if region.any():
             labels[t.core_slices] = region
             present[np.unique(region)] = True
     n_cells = int(np.count_nonzero(present[1:]))
+    counts = {
+        "max_id": result.n_cells,
+        "n_candidates": n_candidates,
+        "n_duplicates": result.n_duplicates,
+        "n_merged_pieces": result.n_merged_pieces,
+        "tile_counts": result.tile_counts.tolist(),
+    }
+    # The candidates' rows and cached masks are not needed for the pyramid: free
+    # them first, so that their memory and the pyramid's chunks are not held at once.
+    del meta, source, result, members, present, region
+    trim_heap()
     attrs = {
         "n_cells": n_cells,
         "plan": content["fingerprint"],
@@ -693,11 +709,7 @@ def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = Fals
     finalize_labels(img, "cells", attrs=attrs)
     summary = {
         "n_cells": n_cells,
-        "max_id": result.n_cells,
-        "n_candidates": len(meta),
-        "n_duplicates": result.n_duplicates,
-        "n_merged_pieces": result.n_merged_pieces,
-        "tile_counts": result.tile_counts.tolist(),
+        **counts,
         "seconds": round(time.perf_counter() - t0, 3),
         "labels": str(img / "labels" / "cells"),
         "request": request,

@@ -70,7 +70,7 @@ class Candidates:
     @property
     def ndim(self) -> int:
         """Number of spatial axes."""
-        return self.anchor.shape[1]
+        return self.bbox.shape[1] // 2
 
     def box(self, i: int) -> Box:
         """Bounding box of candidate ``i`` as ((start, stop), ...)."""

@@ -41,8 +41,8 @@ class StitchResult:
 
     Attributes
     ----------
-    cell_of : ndarray of int64, (n,)
-        Global cell id of each candidate (0 = dropped).
+    cell_of : ndarray of uint32, (n,)
+        Global cell id of each candidate (0 = dropped), in the labels' dtype.
     n_cells : int
         Number of cells (ids are 1..n_cells).
     tile_counts : ndarray of int64
@@ -376,7 +376,7 @@ def resolve_candidates(
     id_of = np.empty(n_cells, np.int64)  # id of each entry of `first`
     id_of[order] = np.arange(1, n_cells + 1)
     del order
-    cell_of = np.zeros(n, np.int64)
+    cell_of = np.zeros(n, np.uint32)
     cell_of[kept] = id_of[: len(kept)]
     group_id = np.zeros(n_groups, np.int64)
     group_id[kept_group] = id_of[len(kept) :]

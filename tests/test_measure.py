@@ -364,6 +364,26 @@ def test_chunked_equals_whole(ndim, scan2d, scan3d):
     pd.testing.assert_frame_equal(whole, lazy, check_exact=True)
 
 
+def test_sparse_ids_give_the_same_table(scan3d):
+    """Ids far apart (edited or user labels) are summed sparsely, with the same result."""
+    image, labels, spacing = scan3d
+    dense = measure_cells(labels, image, spacing=spacing, chunks=(6, 32, 40))
+    # ids of the lower half jump by 3e9: the first chunks sum densely, then sparsely
+    ids = np.unique(labels)[1:]
+    far = ids[len(ids) // 2 :]
+    remapped = labels.astype(np.uint32)
+    remapped[np.isin(labels, far)] += np.uint32(3_000_000_000)
+    for chunks in [(6, 32, 40), None]:
+        sparse = measure_cells(remapped, image, spacing=spacing, chunks=chunks, threads=2)
+        shift = np.where(np.isin(dense["cell_id"], far), 3_000_000_000, 0).astype(np.uint32)
+        assert np.array_equal(sparse["cell_id"], dense["cell_id"] + shift)
+        near = dense["nearest_neighbor_id"].to_numpy()
+        near_shift = np.where(np.isin(near, far), 3_000_000_000, 0).astype(np.uint32)
+        assert np.array_equal(sparse["nearest_neighbor_id"], near + near_shift)
+        same = [c for c in dense.columns if c not in ("cell_id", "nearest_neighbor_id")]
+        pd.testing.assert_frame_equal(dense[same], sparse[same], check_exact=True)
+
+
 def test_empty_label_image():
     table = measure_cells(np.zeros((8, 8), np.uint32), np.ones((8, 8)), spacing=(1, 1))
     assert len(table) == 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import builtins
 import shutil
+import subprocess
+import sys
 import threading
 
 import dask
@@ -72,3 +74,35 @@ def test_stages_on_a_distributed_scheduler_give_the_same_outputs(tmp_path, resul
     after = {p.relative_to(image): p.read_bytes() for p in labels if p.is_file()}
     assert after == before
     pd.testing.assert_frame_equal(pd.read_parquet(out / "cells.parquet"), table)
+
+
+_HEAP_PROBE = """
+import sys
+import numpy as np
+from cellseg.parallel import keep_heap_flat, trim_heap
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+
+if sys.argv[1] == "flat":
+    assert keep_heap_flat()
+np.ones(8 << 20, np.uint8)  # a chunk-sized block freed: glibc raises its mmap threshold
+blocks = [np.ones(2 << 20, np.uint8) for _ in range(64)]
+before = rss_mb()
+del blocks[::2]  # every other block: the heap cannot shrink from its top
+if sys.argv[1] == "trim":
+    trim_heap()
+print(before - rss_mb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.parametrize("mode", ["flat", "trim"])
+def test_freed_chunk_sized_blocks_go_back_to_the_system(mode):
+    """64 MB freed in 2 MB blocks between live ones leave the process's resident memory."""
+    out = subprocess.run(
+        [sys.executable, "-c", _HEAP_PROBE, mode], capture_output=True, text=True, check=True
+    )
+    assert float(out.stdout) > 56, out.stdout
