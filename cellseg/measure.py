@@ -38,7 +38,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -627,36 +627,88 @@ def neighbor_features(
     >>> n.tolist(), d.tolist(), k.tolist()
     ([1, 1], [10.0, 10.0], [2, 1])
     """
-    return _Neighbors(centroids_um, ids, radius_um).block(0, len(ids))
+    points = np.asarray(centroids_um, dtype=np.float64)
+    return _Neighbors(lambda lo, hi: points[lo:hi], ids, radius_um).block(0, len(ids))
 
 
 class _Neighbors:
-    """The centroids' k-d tree, queried for a range of cells at a time.
+    """Neighbour features of a range of cells at a time, from a k-d tree of their surroundings.
 
-    Each cell's query is independent of the others', so the features of cells
-    ``lo:hi`` equal those of :func:`neighbor_features` on all cells, without
-    the temporaries of a query of every cell at once.
+    The tree of a range ``lo:hi`` holds only the cells whose centroids lie in
+    the range's bounding box grown by the radius; a cell whose nearest
+    neighbour is not found inside that box is searched again in a box four
+    times wider, until the box holds every cell. The results equal those of
+    one tree over all cells, but when ranges of ids are near each other in
+    space (as stitched ids are, tile by tile) a tree holds a few tiles' cells,
+    not the scan's.
+
+    Parameters
+    ----------
+    centroids : callable
+        ``centroids(lo, hi)``: the centroids in µm of cells ``lo:hi``, ``(hi - lo, ndim)``.
+    ids : ndarray, (n,)
+        Cell ids.
+    radius_um : float
+        Neighbourhood radius in µm.
     """
 
-    def __init__(self, centroids_um: np.ndarray, ids: np.ndarray, radius_um: float) -> None:
-        from scipy.spatial import cKDTree
+    SCAN_ROWS = 65_536  # cells whose centroids are made at a time to find those in a box
 
+    def __init__(
+        self, centroids: Callable[[int, int], np.ndarray], ids: np.ndarray, radius_um: float
+    ) -> None:
+        self.centroids = centroids
         self.ids = np.asarray(ids, dtype=np.uint32)
-        self.radius_um = radius_um
-        n = len(self.ids)
-        self.tree = cKDTree(np.asarray(centroids_um, dtype=np.float64)) if n >= 2 else None
+        self.radius_um = float(radius_um)
+
+    def _inside(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Indices and centroids of the cells whose centroids lie in the box ``[lo, hi]``."""
+        found, points = [], []
+        for start in range(0, len(self.ids), self.SCAN_ROWS):
+            c = self.centroids(start, min(len(self.ids), start + self.SCAN_ROWS))
+            inside = np.flatnonzero(np.all((c >= lo) & (c <= hi), axis=1))
+            found.append(inside + start)
+            points.append(c[inside])
+        return np.concatenate(found), np.concatenate(points)
 
     def block(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The three neighbour columns of cells ``lo:hi``."""
+        from scipy.spatial import cKDTree
+
         n = hi - lo
-        if self.tree is None or n <= 0:
-            return np.zeros(n, np.int64), np.full(n, np.nan), np.zeros(n, np.uint32)
-        points = self.tree.data[lo:hi]
-        count = (
-            np.asarray(self.tree.query_ball_point(points, self.radius_um, return_length=True)) - 1
-        )
-        d, k = self.tree.query(points, k=2)
-        return count.astype(np.int64), d[:, 1].astype(np.float64), self.ids[k[:, 1]]
+        count = np.zeros(n, np.int64)
+        dist = np.full(n, np.nan)
+        nearest = np.zeros(n, np.uint32)
+        if n <= 0 or len(self.ids) < 2:
+            return count, dist, nearest
+        query = np.asarray(self.centroids(lo, hi), dtype=np.float64)
+        rows = np.arange(n)
+        reach = self.radius_um * (1 + 1e-9) + 1e-9
+        first = True
+        while len(rows):
+            q = query[rows]
+            index, points = self._inside(q.min(axis=0) - reach, q.max(axis=0) + reach)
+            whole = len(index) == len(self.ids)
+            tree = cKDTree(points)
+            if first:  # every centroid within the radius of a query is in the box
+                count[:] = np.asarray(tree.query_ball_point(q, self.radius_um, return_length=True))
+                count -= 1
+                first = False
+            d, k = tree.query(q, k=2)
+            me = np.searchsorted(index, lo + rows)
+            # the nearest other cell (a cell at the very same centroid may come first)
+            other = np.where(k[:, 0] == me, 1, 0)
+            d_other = d[np.arange(len(rows)), other]
+            k_other = k[np.arange(len(rows)), other]
+            # exact when no cell outside the box can be nearer: the box reaches
+            # at least `reach` beyond every query
+            sure = d_other <= reach if not whole else np.ones(len(rows), bool)
+            found = sure & np.isfinite(d_other)
+            dist[rows[found]] = d_other[found]
+            nearest[rows[found]] = self.ids[index[k_other[found]]]
+            rows = rows[~sure]
+            reach *= 4
+        return count, dist, nearest
 
 
 # ----------------------------------------------------------------------------- pass 1
@@ -1133,11 +1185,12 @@ def measure_cells(
         bar.close()
         del groups, order
 
-        centroids = np.stack(
-            [_centroid_um(base, a, s, 0, n) for a, s in zip(axes, spacing)], axis=1
-        ).reshape(n, nd)
+        def centroids(lo: int, hi: int) -> np.ndarray:
+            return np.stack(
+                [_centroid_um(base, a, s, lo, hi) for a, s in zip(axes, spacing)], axis=1
+            ).reshape(hi - lo, nd)
+
         neighbors = _Neighbors(centroids, base["cell_id"], neighbor_radius_um)
-        del centroids
 
         def block(lo: int, hi: int) -> pd.DataFrame:
             rows = store.get(lo, hi)

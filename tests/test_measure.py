@@ -255,6 +255,39 @@ def test_neighbor_features_edge_cases():
     assert k.tolist() == [8, 7, 7]
 
 
+def test_neighbours_range_by_range_equal_a_brute_force_search():
+    """Ranges of ids scattered in space, lone cells and twins at one centroid."""
+    from cellseg.measure import _Neighbors
+
+    rng = np.random.default_rng(3)
+    pts = np.concatenate(
+        [
+            rng.uniform(0, 200, (300, 3)),
+            [[1000.0, 0, 0], [1000.0, 900, 0]],  # far from the rest and from each other
+            [[50.0, 50, 50], [50.0, 50, 50]],  # two cells at one centroid
+        ]
+    )
+    pts = pts[rng.permutation(len(pts))]
+    ids = np.arange(1, len(pts) + 1) * 3
+    radius = 25.0
+    nb = _Neighbors(lambda lo, hi: pts[lo:hi], ids, radius)
+    nb.SCAN_ROWS = 37
+    parts = [nb.block(lo, min(len(pts), lo + 17)) for lo in range(0, len(pts), 17)]
+    count, dist, nearest = (np.concatenate(p) for p in zip(*parts))
+    full = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(full, np.inf)
+    assert count.tolist() == (full <= radius).sum(axis=1).tolist()
+    assert np.allclose(dist, full.min(axis=1))
+    # the nearest is a nearest (cells tied with the twins may name either twin)
+    row = np.searchsorted(ids, nearest)
+    assert np.array_equal(ids[row], nearest)
+    assert np.array_equal(full[np.arange(len(pts)), row], full.min(axis=1))
+    twins = np.flatnonzero(np.all(pts == 50.0, axis=1))
+    assert nearest[twins].tolist() == ids[twins[::-1]].tolist()
+    assert dist[twins].tolist() == [0.0, 0.0]
+    assert count.sum() > len(pts)  # the radius finds neighbours
+
+
 def test_units_follow_the_pixel_size():
     rng = np.random.default_rng(0)
     labels = np.zeros((16, 40, 40), np.uint32)
