@@ -1082,6 +1082,54 @@ def create_labels(
     )
 
 
+def _halved(previous: Any, chunks: Sequence[int]) -> Any:
+    """``previous[..., ::2, ::2]`` as a dask array of `chunks`, read chunk by chunk.
+
+    A block of the result is made from the 2 x 2 (or more) chunks of
+    `previous` under it, each read and subsampled in turn, so a task holds one
+    chunk of `previous` beside its own block, not the whole region under it.
+
+    Examples
+    --------
+    >>> a = np.arange(30).reshape(5, 6)
+    >>> _halved(a, (2, 2)).compute().tolist()
+    [[0, 2, 4], [12, 14, 16], [24, 26, 28]]
+    """
+    import dask.array as da
+
+    shape = (*previous.shape[:-2], *(-(-n // 2) for n in previous.shape[-2:]))
+    source_chunks = getattr(previous, "chunks", None) or previous.shape
+    if not isinstance(source_chunks[0], int):  # a dask array's chunks: its first block
+        source_chunks = tuple(c[0] for c in source_chunks)
+    dtype = np.dtype(previous.dtype)
+
+    def spans(lo: int, hi: int, step: int) -> list[tuple[int, int]]:
+        edges = sorted({lo, hi, *range((lo // step + 1) * step, hi, step)})
+        return list(zip(edges[:-1], edges[1:]))
+
+    def block(block_info=None) -> np.ndarray:
+        where = block_info[None]["array-location"]
+        out = np.zeros([b - a for a, b in where], dtype)
+        head = tuple(slice(a, b) for a, b in where[:-2])
+        (ya, yb), (xa, xb) = where[-2:]
+        height, width = previous.shape[-2:]
+        for y0, y1 in spans(2 * ya, min(2 * yb, height), max(1, source_chunks[-2])):
+            for x0, x1 in spans(2 * xa, min(2 * xb, width), max(1, source_chunks[-1])):
+                sy, sx = y0 % 2, x0 % 2  # the first even row and column of the piece
+                # a strided read: only the kept pixels are copied out of the chunk
+                piece = np.asarray(previous[(*head, slice(y0 + sy, y1, 2), slice(x0 + sx, x1, 2))])
+                dy, dx = (y0 + sy) // 2 - ya, (x0 + sx) // 2 - xa
+                out[..., dy : dy + piece.shape[-2], dx : dx + piece.shape[-1]] = piece
+        return out
+
+    return da.map_blocks(
+        block,
+        dtype=dtype,
+        chunks=da.core.normalize_chunks(tuple(chunks), shape),
+        meta=np.empty((0,) * len(shape), dtype),
+    )
+
+
 def finalize_labels(image_path: Path, name: str, *, attrs: dict | None = None) -> None:
     """Build the label pyramid, write its metadata and move it into place.
 
@@ -1129,8 +1177,9 @@ def finalize_labels(image_path: Path, name: str, *, attrs: dict | None = None) -
     positions = [image["names"].index(n) for n in dimension_names]
     for index in range(1, image["levels"]):
         previous = group[str(index - 1)]
-        level = da.from_zarr(previous)[..., ::2, ::2]
-        level_chunks = _clip_chunks(level0.chunks, level.shape)
+        level_shape = (*previous.shape[:-2], *(-(-n // 2) for n in previous.shape[-2:]))
+        level_chunks = _clip_chunks(level0.chunks, level_shape)
+        level = _halved(previous, level_chunks)
         array = group.create_array(
             str(index),
             shape=level.shape,
@@ -1140,7 +1189,7 @@ def finalize_labels(image_path: Path, name: str, *, attrs: dict | None = None) -
             dimension_names=dimension_names,
             overwrite=True,
         )
-        da.store(level.rechunk(level_chunks), array, lock=False)
+        da.store(level, array, lock=False)
     datasets = [
         {
             "path": str(index),

@@ -584,39 +584,44 @@ def segment_tiles(
 
 
 # ----------------------------------------------------------------------------- stitch
-def _load_meta(paths: Sequence[Path], shape: Sequence[int]):
-    """The candidates of all batches without their masks, and the index of each batch's first.
+def _batch_source(paths: Sequence[Path], shape: Sequence[int], n_tiles: int):
+    """The candidates of the batch files, served tile by tile (see
+    :class:`~cellseg.stitching.TileCandidates`).
 
-    Read one field at a time, so that memory holds one copy of the
-    candidates' rows (as :meth:`Candidates.concat` of the batches would give),
-    boxes and anchors in :func:`~cellseg.tiling.coord_dtype`. The mask offsets
-    stay in the batch files (:class:`~cellseg.stitching.MaskSource` reads them
-    with the masks).
+    Only each batch's tile column is read here; a batch's other rows and its
+    masks are read when a sweep reaches its tiles, boxes and anchors in
+    :func:`~cellseg.tiling.coord_dtype`.
     """
-    from cellseg.segment import Candidates
+    from cellseg.stitching import _META, TileCandidates
     from cellseg.tiling import coord_dtype
 
-    ndim, coords = len(shape), coord_dtype(shape)
-    lengths = []
+    coords = coord_dtype(shape)
+    counts = np.zeros(n_tiles, np.int64)
+    part_tiles, used = [], []
     for path in paths:
         with np.load(path) as f:
-            lengths.append(len(f["tile"]))
-    used = [p for p, n in zip(paths, lengths) if n]
-    if not used:
-        meta = Candidates.empty(ndim)
-    else:
-        fields = {}
-        for name in Candidates.FIELDS:
-            if name in ("bits", "offsets"):
-                continue
-            parts = []
-            for path in used:
-                with np.load(path) as f:
-                    parts.append(f[name].astype(coords) if name in ("bbox", "anchor") else f[name])
-            fields[name] = np.concatenate(parts)
-            del parts
-        meta = Candidates(bits=np.zeros(0, np.uint8), offsets=np.zeros(1, np.int64), **fields)
-    return meta, np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+            tile = f["tile"]
+        if not len(tile):
+            continue
+        present, n = np.unique(tile, return_counts=True)
+        counts[present] = n
+        part_tiles.append(present.tolist())
+        used.append(path)
+
+    def load_rows(k: int) -> dict[str, np.ndarray]:
+        with np.load(used[k]) as f:
+            return {
+                name: f[name].astype(coords) if name in ("bbox", "anchor") else f[name]
+                for name in _META
+            }
+
+    return TileCandidates(
+        part_tiles,
+        counts,
+        load_rows,
+        lambda k: _load_masks(used[k]),
+        ndim=len(shape),
+    )
 
 
 def _load_masks(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -635,7 +640,7 @@ def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = Fals
     """
     from cellseg.io import atomic_write_json, create_labels, finalize_labels
     from cellseg.parallel import trim_heap
-    from cellseg.stitching import MaskSource, members_by_tile, paint_region, resolve_candidates
+    from cellseg.stitching import paint_tiles, resolve_candidates
 
     outdir = Path(outdir)
     info = read_json(work_dir(outdir) / "ingest.json", "ingest")
@@ -669,22 +674,20 @@ def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = Fals
             return old
 
     t0 = time.perf_counter()
-    # one row per candidate, no masks: they are read per batch when needed
+    # the candidates' rows and masks are read batch by batch as the sweeps need them
     paths = [batch_path(outdir, b) for b in batches]
-    meta, part_starts = _load_meta(paths, content["shape"])
-    source = MaskSource(meta, loader=lambda k: _load_masks(paths[k]), part_starts=part_starts)
+    n_tiles = max((t.index for t in tiles), default=-1) + 1
+    source = _batch_source(paths, content["shape"], n_tiles)
     core_shape = content["core_shape"]
-    result = resolve_candidates(source, tiles, core_shape, margin=content["margin"])
-    members = members_by_tile(meta, tiles, core_shape, result)
-    n_candidates = len(meta)
-    # painting reads only the candidates' kinds and boxes: the other rows go
-    meta.tile = meta.anchor = meta.area = meta.score = None
+    result = resolve_candidates(
+        source, tiles, core_shape, margin=content["margin"], show_progress=show_progress
+    )
+    n_candidates = len(source)
     img = image_path(outdir, info)
     labels = create_labels(img, "cells", tuple(content["shape"]), tuple(core_shape))
     present = np.zeros(result.n_cells + 1, bool)  # ids painted (a byte per id, not a set)
     region = None
-    for t in progress(tiles, desc="stitch", enabled=show_progress):
-        region = paint_region(source, result, t.core, members.get(t.index, []))
+    for t, region in paint_tiles(source, tiles, core_shape, result, show_progress=show_progress):
         if region.any():
             labels[t.core_slices] = region
             present[np.unique(region)] = True
@@ -698,7 +701,7 @@ def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = Fals
     }
     # The candidates' rows and cached masks are not needed for the pyramid: free
     # them first, so that their memory and the pyramid's chunks are not held at once.
-    del meta, source, result, members, present, region
+    del source, result, present, region
     trim_heap()
     attrs = {
         "n_cells": n_cells,
@@ -1012,15 +1015,15 @@ def segment_array(
         Label image.
     """
     from cellseg.segment import Candidates
-    from cellseg.stitching import MaskSource, members_by_tile, paint_region, resolve_candidates
+    from cellseg.stitching import TileCandidates, paint_tiles, resolve_candidates
 
     parts, tiles, core_shape, margin = array_candidates(
         image, spacing=spacing, tile_size=tile_size, overlap=overlap, backend=backend, stats=stats
     )
-    source = MaskSource(Candidates.concat(parts, image.ndim))
+    n_tiles = max((t.index for t in tiles), default=-1) + 1
+    source = TileCandidates.from_candidates(Candidates.concat(parts, image.ndim), n_tiles)
     result = resolve_candidates(source, tiles, core_shape, margin=margin)
-    members = members_by_tile(source.meta, tiles, core_shape, result)
     out = np.zeros(image.shape, np.uint32)
-    for t in tiles:
-        out[t.core_slices] = paint_region(source, result, t.core, members.get(t.index, []))
+    for t, region in paint_tiles(source, tiles, core_shape, result):
+        out[t.core_slices] = region
     return out

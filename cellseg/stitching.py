@@ -2,8 +2,11 @@
 
 The global step only reads candidate metadata (boxes, anchors, kinds) and the
 mask crops of candidates near each other; it never holds the scan's pixels.
-Labels are painted tile core by tile core: cores equal the label chunks, so
-every write is a whole, disjoint set of chunks.
+It sweeps the tiles in order, each against the tiles whose crops overlap its
+own, so memory holds the candidates of a window of tiles and a byte or four
+per candidate, not every candidate's rows. Labels are painted tile core by
+tile core: cores equal the label chunks, so every write is a whole, disjoint
+set of chunks.
 
 Rules, in order:
 
@@ -23,7 +26,7 @@ Rules, in order:
 
 from __future__ import annotations
 
-import itertools
+import math
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -60,79 +63,233 @@ class StitchResult:
     n_merged_pieces: int
 
 
-class MaskSource:
-    """Candidate metadata plus on-demand access to mask crops.
+_META = ("tile", "kind", "bbox", "anchor", "area", "score")
+
+
+class TileCandidates:
+    """The candidates of a scan, served tile by tile from stored parts.
+
+    Candidates are numbered tile after tile (tiles ascending, as the parts hold
+    them). A tile's rows (boxes, anchors, kinds...) and its packed masks are
+    read when needed and held in two caches, the least recently used tile
+    dropped first: rows are small, so their cache spans the window of tiles a
+    sweep looks at; masks are large, so theirs holds a few dozen tiles.
 
     Parameters
     ----------
-    meta : Candidates
-        All candidates of a scan; ``bits`` may be empty when ``loader`` is given.
-    loader : callable, optional
-        ``loader(part) -> (offsets, bits)``: the packed masks of one stored
-        part (e.g. a batch file) and their byte offsets. The parts' candidates
-        follow each other in ``meta``.
-    part_starts : ndarray, optional
-        With ``loader``: the index in ``meta`` of each part's first candidate,
-        then ``len(meta)``.
-    cache_runs : int
-        Runs of candidates (a tile's, in one part) whose packed masks are held,
-        the least recently used dropped first. A part is read whole and all its
-        runs are cached, so memory is bounded by a few dozen tiles' masks
-        however many tiles a part has.
+    part_tiles : sequence of sequence of int
+        The tiles of each part, ascending (parts in tile order).
+    counts : ndarray of int
+        Candidates of each tile, indexed by tile.
+    load_rows : callable
+        ``load_rows(part) -> dict``: the part's fields other than the masks
+        (``tile``, ``kind``, ``bbox``, ``anchor``, ``area``, ``score``).
+    load_masks : callable
+        ``load_masks(part) -> (offsets, bits)``: the part's packed masks and
+        their byte offsets.
+    ndim : int
+        Number of spatial axes.
+    row_tiles, mask_tiles : int
+        Tiles held in each cache (rows: at least what :meth:`fit_window` asks).
     """
 
     def __init__(
         self,
-        meta: Candidates,
-        loader: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
-        part_starts: np.ndarray | None = None,
-        cache_runs: int = 48,
+        part_tiles: Sequence[Sequence[int]],
+        counts: np.ndarray,
+        load_rows: Callable[[int], dict[str, np.ndarray]],
+        load_masks: Callable[[int], tuple[np.ndarray, np.ndarray]],
+        *,
+        ndim: int,
+        row_tiles: int = 64,
+        mask_tiles: int = 48,
     ) -> None:
-        self.meta = meta
-        self.loader = loader
-        self.cache_runs = cache_runs
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        if loader is not None:
-            n = len(meta)
-            self.part_starts = np.asarray(part_starts, np.int64)
-            cuts = np.flatnonzero(np.diff(meta.tile)) + 1
-            cuts = np.union1d(
-                cuts, self.part_starts[(self.part_starts > 0) & (self.part_starts < n)]
-            )
-            self.run_starts = np.concatenate([[0], cuts]).astype(np.int64)
-            self.run_stops = np.concatenate([cuts, [n]]).astype(np.int64)
+        self.counts = np.asarray(counts, np.int64)
+        self.start = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.part_of = np.full(len(self.counts), -1, np.int64)
+        order = [t for tiles in part_tiles for t in tiles]
+        if any(b <= a for a, b in zip(order, order[1:])):
+            raise ValueError("parts must hold their tiles in ascending order")
+        for k, tiles in enumerate(part_tiles):
+            self.part_of[np.asarray(tiles, np.int64)] = k
+        self.part_tiles = [list(map(int, tiles)) for tiles in part_tiles]
+        self.load_rows = load_rows
+        self.load_masks = load_masks
+        self.row_tiles = max(1, int(row_tiles))
+        self.mask_tiles = max(1, int(mask_tiles))
+        self._rows: OrderedDict[int, Candidates] = OrderedDict()
+        self._masks: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.ndim = int(ndim)
 
-    def _load(self, run: int) -> None:
-        """Read the part that holds `run` and cache its runs, `run` last (most recent)."""
-        lo = int(self.run_starts[run])
-        part = int(np.searchsorted(self.part_starts, lo, side="right")) - 1
-        offsets, bits = self.loader(part)
-        first = int(self.part_starts[part])
-        stop = int(self.part_starts[part + 1])
-        runs = range(
-            int(np.searchsorted(self.run_starts, first)),
-            int(np.searchsorted(self.run_starts, stop)),
+    @classmethod
+    def from_candidates(cls, cands: Candidates, n_tiles: int) -> TileCandidates:
+        """Serve candidates held in memory (sorted by tile) as one part."""
+        tile = np.asarray(cands.tile)
+        if np.any(np.diff(tile) < 0):
+            raise ValueError("candidates must be sorted by tile")
+        counts = np.bincount(tile, minlength=n_tiles) if len(tile) else np.zeros(n_tiles, int)
+        source = cls(
+            [list(range(n_tiles))],
+            counts,
+            lambda _: {f: getattr(cands, f) for f in _META},
+            lambda _: (cands.offsets, cands.bits),
+            ndim=cands.ndim,
+            row_tiles=n_tiles,
+            mask_tiles=n_tiles,
         )
-        for r in [*(r for r in runs if r != run), run]:
-            a = int(self.run_starts[r]) - first
-            b = int(self.run_stops[r]) - first
-            off = offsets[a : b + 1]
-            self._cache[r] = (off - off[0], bits[off[0] : off[-1]].copy())
-            self._cache.move_to_end(r)
-            while len(self._cache) > self.cache_runs:
-                self._cache.popitem(last=False)
+        return source
+
+    def __len__(self) -> int:
+        return int(self.start[-1])
+
+    def tile_of(self, i: int) -> int:
+        """Tile of candidate ``i``."""
+        return int(np.searchsorted(self.start, i, side="right")) - 1
+
+    def _cache(self, cache: OrderedDict, key: int, value, size: int) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > size:
+            cache.popitem(last=False)
+
+    def rows(self, t: int) -> Candidates:
+        """The rows of tile ``t``'s candidates (no masks); their indices start at ``start[t]``."""
+        if t not in self._rows:
+            part = int(self.part_of[t])
+            if part < 0 or not self.counts[t]:
+                return self._empty()
+            fields = _compact_rows(self.load_rows(part))
+            first = int(self.start[self.part_tiles[part][0]])
+            for u in [*(u for u in self.part_tiles[part] if u != t), t]:
+                a, b = int(self.start[u]) - first, int(self.start[u + 1]) - first
+                rows = Candidates(
+                    offsets=np.zeros(1, np.int64),
+                    bits=np.zeros(0, np.uint8),
+                    **{f: fields[f][a:b].copy() for f in _META if f != "tile"},
+                    tile=np.broadcast_to(np.int32(u), (b - a,)),  # one value, no memory
+                )
+                self._cache(self._rows, u, rows, self.row_tiles)
+        self._rows.move_to_end(t)
+        return self._rows[t]
+
+    def _empty(self) -> Candidates:
+        return Candidates.empty(self.ndim)
+
+    def fit_window(self, reach: int) -> None:
+        """Hold the rows of enough tiles for a sweep that looks `reach` tiles back and ahead.
+
+        A part is read whole, so the window also spans two parts' tiles.
+        """
+        widest = max((len(p) for p in self.part_tiles), default=1)
+        self.row_tiles = max(self.row_tiles, 2 * reach + 2 * widest + 1)
 
     def mask(self, i: int) -> np.ndarray:
-        """Mask crop of candidate ``i``."""
-        if self.loader is None:
-            return self.meta.mask(i)
-        run = int(np.searchsorted(self.run_starts, i, side="right")) - 1
-        if run not in self._cache:
-            self._load(run)
-        self._cache.move_to_end(run)
-        offsets, bits = self._cache[run]
-        k = i - int(self.run_starts[run])
-        return unpack_mask(bits[offsets[k] : offsets[k + 1]], self.meta.bbox[i])
+        """Mask crop of candidate ``i`` over its box."""
+        t = self.tile_of(i)
+        if t not in self._masks:
+            part = int(self.part_of[t])
+            offsets, bits = self.load_masks(part)
+            first = int(self.start[self.part_tiles[part][0]])
+            for u in [*(u for u in self.part_tiles[part] if u != t), t]:
+                a, b = int(self.start[u]) - first, int(self.start[u + 1]) - first
+                off = offsets[a : b + 1]
+                self._cache(
+                    self._masks, u, (off - off[0], bits[off[0] : off[-1]].copy()), self.mask_tiles
+                )
+        self._masks.move_to_end(t)
+        offsets, bits = self._masks[t]
+        k = i - int(self.start[t])
+        return unpack_mask(bits[offsets[k] : offsets[k + 1]], self.rows(t).bbox[k])
+
+
+def _compact_rows(fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows in the smallest dtypes that hold their values, for the row cache.
+
+    Boxes and anchors are uint16 when the scan is narrower than 2**16 pixels
+    on every axis, areas uint32: a third of the bytes of int32 boxes and
+    int64 areas. The sweeps only compare these values and read them as ints.
+    """
+    out = dict(fields)
+    for name, kinds in (("bbox", (np.uint16,)), ("anchor", (np.uint16,)), ("area", (np.uint32,))):
+        values = np.asarray(fields[name])
+        if not values.size:
+            continue
+        lo, hi = int(values.min()), int(values.max())
+        for kind in kinds:
+            if lo >= 0 and hi <= np.iinfo(kind).max:
+                out[name] = values.astype(kind)
+                break
+    return out
+
+
+def tile_neighbours(tiles: Sequence[Tile], core_shape: Sequence[int]) -> list[np.ndarray]:
+    """For every tile, the other tiles whose halo boxes overlap its own (ascending).
+
+    Only candidates of such tiles can overlap, as a candidate lies in its
+    tile's halo box. Tiles are looked up on the grid, as far as the widest
+    halo reaches, so the cost is linear in the number of tiles.
+    """
+    if not tiles:
+        return []
+    nd = len(core_shape)
+    by_grid = {tuple(t.grid): t for t in tiles}
+    core = [int(c) for c in core_shape]
+    grow = [
+        max(max(t.core[a][0] - t.halo[a][0], t.halo[a][1] - t.core[a][1]) for t in tiles)
+        for a in range(nd)
+    ]
+    reach = [math.ceil(2 * g / c) if c > 0 else 0 for g, c in zip(grow, core)]
+    steps = np.stack(
+        np.meshgrid(*(np.arange(-r, r + 1) for r in reach), indexing="ij"), axis=-1
+    ).reshape(-1, nd)
+    out = []
+    for t in tiles:
+        found = []
+        for step in steps:
+            g = tuple(int(x) for x in np.asarray(t.grid) + step)
+            u = by_grid.get(g)
+            if u is not None and u.index != t.index and box_intersection(t.halo, u.halo):
+                found.append(u.index)
+        out.append(np.array(sorted(found), np.int64))
+    return out
+
+
+def _forward_pairs(
+    source: TileCandidates,
+    t: int,
+    neighbours: np.ndarray,
+    select: Callable[[Candidates, int], np.ndarray],
+) -> np.ndarray:
+    """Pairs (i < j) of selected candidates, i in tile ``t``, j in a later tile, whose boxes meet.
+
+    ``select(rows, start)`` picks the candidates of a tile (``start``: the
+    index of its first). Every pair of candidates of different tiles comes
+    once over the sweep, from the earlier tile; pairs come sorted (by i, then j).
+    """
+    rows_t = source.rows(t)
+    if not len(rows_t):
+        return np.zeros((0, 2), np.int64)
+    nd = rows_t.ndim
+    sel_t = np.flatnonzero(select(rows_t, int(source.start[t])))
+    if not len(sel_t):
+        return np.zeros((0, 2), np.int64)
+    lo_t, hi_t = rows_t.bbox[sel_t, :nd], rows_t.bbox[sel_t, nd:]
+    found = []
+    for u in neighbours[neighbours > t]:
+        rows_u = source.rows(int(u))
+        if not len(rows_u):
+            continue
+        sel_u = np.flatnonzero(select(rows_u, int(source.start[u])))
+        lo_u, hi_u = rows_u.bbox[sel_u, :nd], rows_u.bbox[sel_u, nd:]
+        meet = np.ones((len(sel_t), len(sel_u)), bool)
+        for a in range(nd):
+            meet &= (lo_t[:, None, a] < hi_u[None, :, a]) & (lo_u[None, :, a] < hi_t[:, None, a])
+        a_, b_ = np.nonzero(meet)
+        found.append(np.stack([sel_t[a_] + source.start[t], sel_u[b_] + source.start[u]], axis=1))
+    if not found:
+        return np.zeros((0, 2), np.int64)
+    pairs = np.concatenate(found).astype(np.int64)
+    return pairs[np.lexsort([pairs[:, 1], pairs[:, 0]])]
 
 
 def _crop(mask: np.ndarray, box: Box, region: Box) -> np.ndarray:
@@ -155,58 +312,6 @@ def _count_in(mask: np.ndarray, box: Box, region: Box) -> int:
     if inter is None:
         return 0
     return int(np.count_nonzero(_crop(mask, box, inter)))
-
-
-def candidate_pairs(
-    cands: Candidates, tiles: Sequence[Tile], core_shape: Sequence[int], select: np.ndarray
-) -> np.ndarray:
-    """Pairs (i < j) of selected candidates from different tiles whose boxes intersect.
-
-    Two candidates of different tiles can only overlap where one of them reaches
-    out of its own tile's core, so only those (near the seams) are compared,
-    each against the candidates of the tiles its box touches.
-
-    Returns
-    -------
-    ndarray of int64, (n_pairs, 2)
-        Each pair once, sorted (by i, then j).
-    """
-    nd = cands.ndim
-    sub = np.flatnonzero(select)
-    found: list[np.ndarray] = []
-    if sub.size < 2:
-        return np.zeros((0, 2), np.int64)
-    cs = np.asarray(core_shape)
-    grid_of = {t.grid: t.index for t in tiles}
-    core_lo = np.array([[a for a, _ in t.core] for t in tiles]).reshape(-1, nd)
-    core_hi = np.array([[b for _, b in t.core] for t in tiles]).reshape(-1, nd)
-    lo, hi = cands.bbox[:, :nd], cands.bbox[:, nd:]
-    by_tile: dict[int, np.ndarray] = {}
-    order = sub[np.argsort(cands.tile[sub], kind="stable")]
-    tiles_sorted = cands.tile[order]
-    for t in np.unique(tiles_sorted):
-        by_tile[int(t)] = order[tiles_sorted == t]
-    own = cands.tile[sub]
-    out_of_core = np.zeros(len(sub), bool)
-    for a in range(nd):  # one axis at a time: temporaries of one column, not of the boxes
-        out_of_core |= lo[sub, a] < core_lo[own, a]
-        out_of_core |= hi[sub, a] > core_hi[own, a]
-    crossing = sub[out_of_core]
-    for i in crossing:
-        g_lo, g_hi = lo[i] // cs, (hi[i] - 1) // cs
-        near = [
-            by_tile[grid_of[g]]
-            for g in itertools.product(*(range(a, b + 1) for a, b in zip(g_lo, g_hi)))
-            if g in grid_of and grid_of[g] in by_tile and grid_of[g] != cands.tile[i]
-        ]
-        if not near:
-            continue
-        js = np.concatenate(near)
-        js = js[np.all(lo[js] < hi[i], axis=1) & np.all(lo[i] < hi[js], axis=1)]
-        found.append(np.stack([np.minimum(i, js), np.maximum(i, js)], axis=1))
-    if not found:
-        return np.zeros((0, 2), np.int64)
-    return np.unique(np.concatenate(found).astype(np.int64), axis=0)
 
 
 def _pairs(pairs: np.ndarray) -> Iterator[tuple[int, int]]:
@@ -237,7 +342,7 @@ def _piece_groups(pieces: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, in
 
 
 def resolve_candidates(
-    source: MaskSource,
+    source: TileCandidates,
     tiles: Sequence[Tile],
     core_shape: Sequence[int],
     *,
@@ -246,12 +351,17 @@ def resolve_candidates(
     join_fraction: float = 0.5,
     min_piece_pixels: int = 4,
     margin: Sequence[int] | None = None,
+    show_progress: bool = False,
 ) -> StitchResult:
     """Decide which candidates are cells and give every cell a global id.
 
+    Each rule is one sweep over the tiles in order; a tile is compared with
+    the later tiles whose crops overlap its own, so every pair of candidates
+    from different tiles is looked at once, in the order of their indices.
+
     Parameters
     ----------
-    source : MaskSource
+    source : TileCandidates
         Candidates of every tile.
     tiles : sequence of Tile
         The tile plan (indexed by ``Tile.index``).
@@ -269,129 +379,206 @@ def resolve_candidates(
     margin : sequence of int, optional
         The backend's margin per axis: a tile's view of a neighbour's core is
         only trusted farther than this from the tile's own crop edge.
+    show_progress : bool
+        Show a progress bar per sweep.
 
     Returns
     -------
     StitchResult
     """
-    c = source.meta
-    n = len(c)
+    from cellseg.pipeline import progress
+
+    n = len(source)
+    nd = len(core_shape)
+    order = sorted(t.index for t in tiles)
+    n_tiles = order[-1] + 1 if order else 0
+    neighbours = dict(zip((t.index for t in tiles), tile_neighbours(tiles, core_shape)))
+    source.fit_window(max((int(nb[-1]) - t for t, nb in neighbours.items() if len(nb)), default=0))
     alive = np.ones(n, bool)
-    owned = c.kind == OWNED
-    piece = c.kind == PIECE
-    # boxes are made when needed: a list of all of them would hold ~0.3 KB per candidate
-    box = c.box
     n_dup = 0
 
     cores = {t.index: t.core for t in tiles}
-    shape = tuple(max(t.core[a][1] for t in tiles) for a in range(c.ndim))
-    margin = tuple(margin) if margin is not None else (0,) * c.ndim
+    shape = tuple(max(t.core[a][1] for t in tiles) for a in range(nd))
+    margin = tuple(margin) if margin is not None else (0,) * nd
     trusted = {t.index: reliable_box(t.halo, margin, shape) for t in tiles}
 
-    def slack(i: int) -> float:
-        """How far candidate i stays from its tile's crop edges (more = more context)."""
+    def row(i: int) -> tuple[int, Candidates, int]:
+        """Tile, the tile's rows, and the place in them of candidate i."""
+        t = source.tile_of(i)
+        return t, source.rows(t), i - int(source.start[t])
+
+    def slack(t: int, box: Box) -> float:
+        """How far a box of tile t stays from its crop edges (more = more context)."""
         gaps = []
-        for (lo, hi), (a, b), n in zip(box(i), trusted[int(c.tile[i])], shape):
+        for (lo, hi), (a, b), size in zip(box, trusted[t], shape):
             gaps.append(lo - a if a > 0 else np.inf)
-            gaps.append(b - hi if b < n else np.inf)
+            gaps.append(b - hi if b < size else np.inf)
         return float(min(gaps))
+
+    def sweep(desc: str):
+        return progress(order, desc=f"stitch: {desc}", enabled=show_progress)
+
+    def owned(rows: Candidates, start: int) -> np.ndarray:
+        return rows.kind == OWNED
+
+    def pieces_and_kept(rows: Candidates, start: int) -> np.ndarray:
+        kept = alive[start : start + len(rows)]
+        return (rows.kind == PIECE) | ((rows.kind == OWNED) & kept)
+
+    def live_pieces(rows: Candidates, start: int) -> np.ndarray:
+        return (rows.kind == PIECE) & alive[start : start + len(rows)]
 
     # 1. conflicts among owned candidates (never for tile-invariant backends): when two
     #    from different tiles overlap by IoU >= duplicate_iou, or one lies mostly
     #    inside the other, keep the one seen with more context (then higher score).
-    for i, j in _pairs(candidate_pairs(c, tiles, core_shape, owned)):
-        if not (alive[i] and alive[j]):
-            continue
-        inter = _overlap(source.mask(i), box(i), source.mask(j), box(j))
-        if inter == 0:
-            continue
-        iou = inter / (c.area[i] + c.area[j] - inter)
-        if iou >= duplicate_iou or inter >= view_fraction * min(c.area[i], c.area[j]):
-            key_i = (-slack(i), -float(c.score[i]), int(c.tile[i]))
-            key_j = (-slack(j), -float(c.score[j]), int(c.tile[j]))
-            alive[j if key_i <= key_j else i] = False
-            n_dup += 1
+    any_piece = False
+    for t in sweep("duplicates"):
+        any_piece |= bool(np.any(source.rows(t).kind == PIECE))
+        for i, j in _pairs(_forward_pairs(source, t, neighbours[t], owned)):
+            if not (alive[i] and alive[j]):
+                continue
+            ti, ri, ki = row(i)
+            tj, rj, kj = row(j)
+            bi, bj = ri.box(ki), rj.box(kj)
+            inter = _overlap(source.mask(i), bi, source.mask(j), bj)
+            if inter == 0:
+                continue
+            area_i, area_j = int(ri.area[ki]), int(rj.area[kj])
+            iou = inter / (area_i + area_j - inter)
+            if iou >= duplicate_iou or inter >= view_fraction * min(area_i, area_j):
+                key_i = (-slack(ti, bi), -float(ri.score[ki]), ti)
+                key_j = (-slack(tj, bj), -float(rj.score[kj]), tj)
+                alive[j if key_i <= key_j else i] = False
+                n_dup += 1
 
-    # 2. pieces that are views of a kept cell
-    kept_owned = owned & alive
-    for i, j in _pairs(candidate_pairs(c, tiles, core_shape, kept_owned | piece)):
-        pi, oj = (i, j) if piece[i] else (j, i)
-        if not (piece[pi] and kept_owned[oj]) or not alive[pi]:
-            continue
-        inter = _overlap(source.mask(pi), box(pi), source.mask(oj), box(oj))
-        if inter >= view_fraction * c.area[pi]:
-            alive[pi] = False
-
-    # 3. join pieces across tiles: the joined pairs are the edges of a graph whose
-    #    connected components are cells (arrays throughout: no per-piece objects)
-    pieces = np.flatnonzero(piece & alive)
-    sizes = np.zeros(len(pieces), np.int64)
-    for k, p in enumerate(pieces):
-        sizes[k] = _count_in(source.mask(p), box(p), cores[int(c.tile[p])])
+    pieces, sizes, piece_tile, piece_anchor = array("q"), array("q"), array("q"), array("q")
     edges = array("q")
-    for i, j in _pairs(candidate_pairs(c, tiles, core_shape, piece & alive)):
-        mi, mj = source.mask(i), source.mask(j)
-        ti, tj = int(c.tile[i]), int(c.tile[j])
-        for (a, ma, ta), (b, mb, tb) in (((i, mi, ti), (j, mj, tj)), ((j, mj, tj), (i, mi, ti))):
-            # does a's object cover b's piece where a's tile can see it?
-            region = box_intersection(cores[tb], trusted[ta])
-            if region is None:
-                continue
-            visible = _count_in(mb, box(b), region)
-            if visible == 0:
-                continue
-            covered = _overlap(ma, box(a), mb, box(b), within=region)
-            if covered >= join_fraction * visible:
-                edges.extend((i, j))
-                break
-    group, n_groups = _piece_groups(pieces, np.frombuffer(edges, np.int64).reshape(-1, 2))
+    if any_piece:
+        # 2. pieces that are views of a kept cell
+        for t in sweep("views"):
+            for i, j in _pairs(_forward_pairs(source, t, neighbours[t], pieces_and_kept)):
+                ti, ri, ki = row(i)
+                tj, rj, kj = row(j)
+                if ri.kind[ki] == PIECE:
+                    (pi, pt, pk), (oj, ot, ok) = (i, ri, ki), (j, rj, kj)
+                else:
+                    (pi, pt, pk), (oj, ot, ok) = (j, rj, kj), (i, ri, ki)
+                if pt.kind[pk] != PIECE or ot.kind[ok] != OWNED or not alive[pi]:
+                    continue
+                inter = _overlap(source.mask(pi), pt.box(pk), source.mask(oj), ot.box(ok))
+                if inter >= view_fraction * int(pt.area[pk]):
+                    alive[pi] = False
+
+        # 3. join pieces across tiles: the joined pairs are the edges of a graph whose
+        #    connected components are cells (arrays throughout: no per-piece objects)
+        for t in sweep("pieces"):
+            rows, start = source.rows(t), int(source.start[t])
+            for k in np.flatnonzero(live_pieces(rows, start)):
+                pieces.append(start + int(k))
+                sizes.append(_count_in(source.mask(start + int(k)), rows.box(int(k)), cores[t]))
+                piece_tile.append(t)
+                piece_anchor.extend(int(x) for x in rows.anchor[k])
+            for i, j in _pairs(_forward_pairs(source, t, neighbours[t], live_pieces)):
+                ti, ri, ki = row(i)
+                tj, rj, kj = row(j)
+                bi, bj = ri.box(ki), rj.box(kj)
+                mi, mj = source.mask(i), source.mask(j)
+                for (ma, ba, ta), (mb, bb, tb) in (
+                    ((mi, bi, ti), (mj, bj, tj)),
+                    ((mj, bj, tj), (mi, bi, ti)),
+                ):
+                    # does a's object cover b's piece where a's tile can see it?
+                    region = box_intersection(cores[tb], trusted[ta])
+                    if region is None:
+                        continue
+                    visible = _count_in(mb, bb, region)
+                    if visible == 0:
+                        continue
+                    if _overlap(ma, ba, mb, bb, within=region) >= join_fraction * visible:
+                        edges.extend((i, j))
+                        break
+    piece_idx = np.frombuffer(pieces, np.int64) if len(pieces) else np.zeros(0, np.int64)
+    group, n_groups = _piece_groups(piece_idx, np.frombuffer(edges, np.int64).reshape(-1, 2))
     del edges
     members = np.bincount(group, minlength=n_groups)
     n_merged = int(members[members > 1].sum())
     # a group is a cell when its pieces have min_piece_pixels in all; its home
     # is its first piece by (tile, anchor), then index
-    kept_group = np.bincount(group, weights=sizes, minlength=n_groups) >= min_piece_pixels
-    del sizes, members
-    by_key = np.lexsort(
-        [pieces, *(c.anchor[pieces, a] for a in reversed(range(c.ndim))), c.tile[pieces], group]
+    size_arr = np.frombuffer(sizes, np.int64) if len(sizes) else np.zeros(0, np.int64)
+    kept_group = np.bincount(group, weights=size_arr, minlength=n_groups) >= min_piece_pixels
+    tile_arr = np.frombuffer(piece_tile, np.int64) if len(piece_tile) else np.zeros(0, np.int64)
+    anchor_arr = (
+        np.frombuffer(piece_anchor, np.int64).reshape(-1, nd)
+        if len(piece_anchor)
+        else np.zeros((0, nd), np.int64)
     )
-    firsts = pieces[by_key[np.flatnonzero(np.diff(group[by_key], prepend=-1))]]
-    del by_key
-    firsts = firsts[kept_group]
+    by_key = np.lexsort(
+        [piece_idx, *(anchor_arr[:, a] for a in reversed(range(nd))), tile_arr, group]
+    )
+    first = by_key[np.flatnonzero(np.diff(group[by_key], prepend=-1))]  # per group, in order
+    kept_groups = np.flatnonzero(kept_group)
+    home = tile_arr[first[kept_groups]]
+    by_home = kept_groups[np.argsort(home, kind="stable")]
+    home_start = np.searchsorted(np.sort(home), np.arange(n_tiles + 1))
 
-    # 4. ids: prefix sum over per-tile counts, anchor order within a tile. Cells are
-    #    kept owned candidates (in index order), then joined pieces (in group order),
-    #    as arrays of their home tile and anchor; a stable sort by (tile, anchor)
-    #    puts each tile's cells together, so a cell's id is its place in that order.
-    kept = np.flatnonzero(kept_owned)
-    first = np.concatenate([kept, firsts])
-    home = c.tile[first]
-    keys = [c.anchor[first, a] for a in reversed(range(c.ndim))]
-    order = np.lexsort([*keys, home])
-    del keys, first, firsts
-    n_tiles = max((t.index for t in tiles), default=-1) + 1
-    tile_counts = np.bincount(home, minlength=n_tiles).astype(np.int64)
-    n_cells = len(home)
-    del home
-    id_of = np.empty(n_cells, np.int64)  # id of each entry of `first`
-    id_of[order] = np.arange(1, n_cells + 1)
-    del order
+    # 4. ids: prefix sum over per-tile counts, anchor order within a tile. A tile's
+    #    cells are its kept owned candidates (in index order), then the joined
+    #    pieces it is home to (in group order); a stable sort by anchor orders them.
     cell_of = np.zeros(n, np.uint32)
-    cell_of[kept] = id_of[: len(kept)]
     group_id = np.zeros(n_groups, np.int64)
-    group_id[kept_group] = id_of[len(kept) :]
-    cell_of[pieces] = group_id[group]
+    tile_counts = np.zeros(n_tiles, np.int64)
+    next_id = 1
+    for t in order:
+        rows, start = source.rows(t), int(source.start[t])
+        own = np.flatnonzero((rows.kind == OWNED) & alive[start : start + len(rows)])
+        gs = by_home[home_start[t] : home_start[t + 1]]
+        anchors = np.concatenate([rows.anchor[own].reshape(-1, nd), anchor_arr[first[gs]]])
+        m = len(anchors)
+        ids = np.empty(m, np.int64)
+        ids[np.lexsort([anchors[:, a] for a in reversed(range(nd))])] = np.arange(
+            next_id, next_id + m
+        )
+        cell_of[start + own] = ids[: len(own)]
+        group_id[gs] = ids[len(own) :]
+        tile_counts[t] = m
+        next_id += m
+    cell_of[piece_idx] = group_id[group]
     return StitchResult(
         cell_of=cell_of,
-        n_cells=n_cells,
+        n_cells=next_id - 1,
         tile_counts=tile_counts,
         n_duplicates=n_dup,
-        n_merged_pieces=int(n_merged),
+        n_merged_pieces=n_merged,
     )
+
+
+def tile_members(
+    source: TileCandidates, tile: Tile, neighbours: np.ndarray, result: StitchResult
+) -> np.ndarray:
+    """The kept candidates that may paint inside ``tile``'s core (ascending).
+
+    A piece paints only in its own tile's core; a whole cell wherever its box
+    meets a core, its own tile's or a neighbour's.
+    """
+    nd = len(tile.core)
+    lo = np.array([a for a, _ in tile.core])
+    hi = np.array([b for _, b in tile.core])
+    found = []
+    for u in sorted([tile.index, *(int(x) for x in neighbours)]):
+        rows, start = source.rows(u), int(source.start[u])
+        if not len(rows):
+            continue
+        kept = result.cell_of[start : start + len(rows)] > 0
+        meets = np.all((rows.bbox[:, :nd] < hi) & (rows.bbox[:, nd:] > lo), axis=1)
+        paints = kept & meets & (rows.kind != PIECE)
+        if u == tile.index:
+            paints |= kept & (rows.kind == PIECE)
+        found.append(np.flatnonzero(paints) + start)
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
 def paint_region(
-    source: MaskSource,
+    source: TileCandidates,
     result: StitchResult,
     region: Box,
     members: Sequence[int],
@@ -404,12 +591,16 @@ def paint_region(
     descending id so that where two overlap the lower id wins: the result does
     not depend on the order of ``members``.
     """
-    c = source.meta
     out = np.zeros(tuple(b - a for a, b in region), dtype)
-    chosen = [int(i) for i in members if result.cell_of[i] > 0]
-    chosen.sort(key=lambda i: (c.kind[i] != PIECE, -int(result.cell_of[i]), i))
-    for i in chosen:
-        box = c.box(i)
+    chosen = []
+    for i in members:
+        i = int(i)
+        if result.cell_of[i] > 0:
+            t = source.tile_of(i)
+            rows, k = source.rows(t), i - int(source.start[t])
+            chosen.append((rows.kind[k] != PIECE, -int(result.cell_of[i]), i, rows.box(k)))
+    chosen.sort(key=lambda c: c[:3])
+    for _, _, i, box in chosen:
         inter = box_intersection(box, region)
         if inter is None:
             continue
@@ -419,59 +610,20 @@ def paint_region(
     return out
 
 
-def members_by_tile(
-    cands: Candidates, tiles: Sequence[Tile], core_shape: Sequence[int], result: StitchResult
-) -> dict[int, np.ndarray]:
-    """For every tile, the kept candidates that may paint inside its core (ascending)."""
-    nd = cands.ndim
-    grid_of = {t.grid: t.index for t in tiles}
-    cs = np.asarray(core_shape)
-    grid_shape = np.max([t.grid for t in tiles], axis=0) + 1 if tiles else np.zeros(nd, int)
-    lookup = np.full(tuple(grid_shape), -1, np.int32)
-    for t in tiles:
-        lookup[t.grid] = t.index
-    kept_all = np.flatnonzero(result.cell_of > 0)
-    tile_of: list[np.ndarray] = []
-    cand_of: list[np.ndarray] = []
-    for start in range(0, len(kept_all), _MEMBERS_BLOCK):  # bounded temporaries
-        kept = kept_all[start : start + _MEMBERS_BLOCK]
-        lo = cands.bbox[kept, :nd] // cs
-        hi = (cands.bbox[kept, nd:] - 1) // cs
-        piece = cands.kind[kept] == PIECE
-        single = ~piece & np.all(lo == hi, axis=1)
-        # pieces paint in their own tile, whole cells in every tile their box touches
-        tile_of.append(cands.tile[kept[piece]].astype(np.int32))
-        cand_of.append(kept[piece].astype(np.int32))
-        cell_grid = lo[single]
-        inside = np.all((cell_grid >= 0) & (cell_grid < grid_shape), axis=1)
-        at = np.full(len(cell_grid), -1, np.int32)
-        at[inside] = lookup[tuple(cell_grid[inside].T)]
-        tile_of.append(at)
-        cand_of.append(kept[single].astype(np.int32))
-        extra_tiles, extra_cands = [], []
-        for k in np.flatnonzero(~piece & ~single):
-            for g in itertools.product(*(range(a, b + 1) for a, b in zip(lo[k], hi[k]))):
-                if g in grid_of:
-                    extra_tiles.append(grid_of[g])
-                    extra_cands.append(int(kept[k]))
-        tile_of.append(np.asarray(extra_tiles, np.int32))
-        cand_of.append(np.asarray(extra_cands, np.int32))
-    if not tile_of:
-        return {}
-    tile_all = np.concatenate(tile_of)
-    cand_all = np.concatenate(cand_of)
-    del tile_of, cand_of
-    found = tile_all >= 0
-    tile_all, cand_all = tile_all[found], cand_all[found]
-    if not len(tile_all):
-        return {}
-    order = np.lexsort([cand_all, tile_all])
-    tile_all, cand_all = tile_all[order], cand_all[order]
-    bounds = np.flatnonzero(np.diff(tile_all)) + 1
-    return {
-        int(t[0]): members
-        for t, members in zip(np.split(tile_all, bounds), np.split(cand_all, bounds))
-    }
+def paint_tiles(
+    source: TileCandidates,
+    tiles: Sequence[Tile],
+    core_shape: Sequence[int],
+    result: StitchResult,
+    *,
+    dtype=np.uint32,
+    show_progress: bool = False,
+) -> Iterator[tuple[Tile, np.ndarray]]:
+    """Each tile with the labels of its core, tiles in order."""
+    from cellseg.pipeline import progress
 
-
-_MEMBERS_BLOCK = 16_384
+    neighbours = dict(zip((t.index for t in tiles), tile_neighbours(tiles, core_shape)))
+    source.fit_window(max((int(nb[-1]) - t for t, nb in neighbours.items() if len(nb)), default=0))
+    for t in progress(sorted(tiles, key=lambda t: t.index), desc="stitch", enabled=show_progress):
+        members = tile_members(source, t, neighbours[t.index], result)
+        yield t, paint_region(source, result, t.core, members, dtype=dtype)

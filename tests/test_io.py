@@ -749,3 +749,24 @@ def test_atomic_write_json_and_bytes(tmp_path):
         io.atomic_write_json(path, {"bad": object()})
     assert path.read_bytes() == b"raw"
     assert [p.name for p in path.parent.iterdir()] == ["ingest.json"]
+
+
+@pytest.mark.parametrize(
+    "shape, source_chunks, chunks",
+    [
+        ((5, 6), (2, 2), (2, 2)),
+        ((3, 37, 41), (2, 5, 7), (2, 4, 3)),
+        ((4, 9, 9), (4, 9, 9), (4, 5, 5)),
+    ],
+)
+def test_halved_level_reads_chunk_by_chunk_and_equals_subsampling(shape, source_chunks, chunks):
+    import zarr
+
+    from cellseg.io import _halved
+
+    labels = np.random.default_rng(1).integers(0, 1000, shape).astype(np.uint32)
+    source = zarr.create_array(store={}, shape=shape, chunks=source_chunks, dtype=labels.dtype)
+    source[...] = labels
+    level = _halved(source, chunks)
+    assert level.chunksize == tuple(min(c, n) for c, n in zip(chunks, level.shape))
+    assert np.array_equal(level.compute(), labels[..., ::2, ::2])

@@ -93,44 +93,60 @@ def _disk_candidates(tile_size, overlap=None):
     )
 
 
-def test_mask_source_holds_a_few_tiles_and_stitches_as_in_memory():
+def test_tile_candidates_hold_a_window_and_stitch_as_in_memory():
     from cellseg.segment import PIECE, Candidates
-    from cellseg.stitching import MaskSource, resolve_candidates
+    from cellseg.stitching import _META, TileCandidates, paint_tiles, resolve_candidates
 
     per_tile, tiles, core, margin = _disk_candidates(32, overlap=12)
+    n_tiles = len(tiles)
     # parts of three tiles each, as batch files would hold them
-    parts = [Candidates.concat(per_tile[k : k + 3], 2) for k in range(0, len(per_tile), 3)]
+    groups = [list(range(k, min(n_tiles, k + 3))) for k in range(0, n_tiles, 3)]
+    parts = [Candidates.concat([per_tile[t] for t in g], 2) for g in groups]
     whole = Candidates.concat(parts, 2)
     assert np.any(whole.kind == PIECE) and len(parts) >= 3
-    loads = []
+    loads = {"rows": [], "masks": []}
 
-    def loader(k):
-        loads.append(k)
+    def load_rows(k):
+        loads["rows"].append(k)
+        return {f: getattr(parts[k], f) for f in _META}
+
+    def load_masks(k):
+        loads["masks"].append(k)
         return parts[k].offsets, parts[k].bits
 
-    starts = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
-    meta = Candidates(
-        **{
-            **{f: getattr(whole, f) for f in Candidates.FIELDS},
-            "bits": np.zeros(0, np.uint8),
-            "offsets": np.zeros(1, np.int64),
-        }
-    )
-    lazy = MaskSource(meta, loader=loader, part_starts=starts, cache_runs=2)
+    def lazy():
+        counts = np.bincount(whole.tile, minlength=n_tiles)
+        kept = [[t for t in g if counts[t]] for g in groups]
+        return TileCandidates(
+            kept, counts, load_rows, load_masks, ndim=2, row_tiles=1, mask_tiles=2
+        )
+
+    source = lazy()
     order = np.random.default_rng(0).permutation(len(whole))
     for i in order:
-        assert np.array_equal(lazy.mask(int(i)), whole.mask(int(i)))
-        assert len(lazy._cache) <= 2
-    assert len(loads) > len(parts)  # runs were dropped and read again
-    a = resolve_candidates(MaskSource(whole), tiles, core, margin=margin)
-    b = resolve_candidates(
-        MaskSource(meta, loader=loader, part_starts=starts, cache_runs=2),
-        tiles,
-        core,
-        margin=margin,
+        assert np.array_equal(source.mask(int(i)), whole.mask(int(i)))
+        assert len(source._masks) <= 2
+        t = source.tile_of(int(i))
+        assert int(whole.tile[i]) == t
+        assert np.array_equal(source.rows(t).bbox[int(i) - source.start[t]], whole.bbox[i])
+    assert len(loads["masks"]) > len(parts)  # tiles were dropped and read again
+
+    memory = TileCandidates.from_candidates(whole, n_tiles)
+    a = resolve_candidates(memory, tiles, core, margin=margin)
+    source = lazy()
+    loads["rows"].clear()
+    b = resolve_candidates(source, tiles, core, margin=margin)
+    assert a.n_merged_pieces > 0 and a.n_cells == b.n_cells
+    assert np.array_equal(a.cell_of, b.cell_of)
+    assert np.array_equal(a.tile_counts, b.tile_counts)
+    assert a.tile_counts.sum() == a.n_cells
+    # the sweep holds a window of tiles' rows, not all of them
+    assert 1 < source.row_tiles < n_tiles and len(source._rows) <= source.row_tiles
+    painted = [r for _, r in paint_tiles(source, tiles, core, b)]
+    assert all(
+        np.array_equal(r, q) for r, (_, q) in zip(painted, paint_tiles(memory, tiles, core, a))
     )
-    assert a.n_merged_pieces > 0
-    assert np.array_equal(a.cell_of, b.cell_of) and a.n_cells == b.n_cells
+    assert len(source._masks) <= 2
 
 
 def test_piece_groups_are_components_numbered_by_first_piece():
