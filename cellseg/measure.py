@@ -717,7 +717,7 @@ def _block_partials(
 ) -> dict[str, np.ndarray] | None:
     """Per-id partial sums of one chunk: id, pixel count, coordinate sums, box (global).
 
-    The box is in dtype `coords` (:func:`cellseg.tiling.coord_dtype` of the image).
+    The box is in dtype `coords` (:func:`cellseg.tiling.box_dtype` of the image).
     """
     from scipy import ndimage as ndi
 
@@ -932,10 +932,10 @@ def _cell_boxes(
     """
     from cellseg.parallel import map_chunks
     from cellseg.pipeline import progress
-    from cellseg.tiling import coord_dtype
+    from cellseg.tiling import box_dtype
 
     shape = tuple(label_image.shape)
-    coords = coord_dtype(shape)
+    coords = box_dtype(shape)
     grid = [range(0, n, c) for n, c in zip(shape, chunks)]
     blocks = list(itertools.product(*grid))
 

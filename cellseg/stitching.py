@@ -206,8 +206,8 @@ def _compact_rows(fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Rows in the smallest dtypes that hold their values, for the row cache.
 
     Boxes and anchors are uint16 when the scan is narrower than 2**16 pixels
-    on every axis, areas uint32: a third of the bytes of int32 boxes and
-    int64 areas. The sweeps only compare these values and read them as ints.
+    on every axis, areas uint32: half the bytes of int32 boxes and int64
+    areas. The sweeps only compare these values and read them as ints.
     """
     out = dict(fields)
     for name, kinds in (("bbox", (np.uint16,)), ("anchor", (np.uint16,)), ("area", (np.uint32,))):

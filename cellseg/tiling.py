@@ -192,6 +192,25 @@ def coord_dtype(shape: Sequence[int]) -> type:
     return np.int32 if max(shape, default=0) < 2**31 else np.int64
 
 
+def box_dtype(shape: Sequence[int]) -> type:
+    """The dtype of per-cell box bounds (0 to the axis length) of a scan of `shape`.
+
+    uint16 (half the memory of int32) while every axis is shorter than
+    2**16 - 1 pixels, so that the largest value stays free as a sentinel; else
+    :func:`coord_dtype`. Code that subtracts from such bounds widens them first.
+
+    Examples
+    --------
+    >>> box_dtype((128, 2048, 2048)).__name__
+    'uint16'
+    >>> box_dtype((70_000, 10)).__name__
+    'int32'
+    """
+    import numpy as np
+
+    return np.uint16 if max(shape, default=0) < 2**16 - 1 else coord_dtype(shape)
+
+
 def batch_tiles(n_tiles: int, tiles_per_batch: int) -> dict[str, list[int]]:
     """Group tile indices into named batches of consecutive tiles.
 
