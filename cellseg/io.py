@@ -1154,9 +1154,6 @@ def finalize_labels(image_path: Path, name: str, *, attrs: dict | None = None) -
     """
     import dask.array as da
     import zarr
-    from ome_zarr.format import FormatV05
-
-    write_multiscales_metadata = _ome_zarr_metadata_writer()
 
     image_path = Path(image_path)
     name = _check_label_name(name)
@@ -1190,6 +1187,11 @@ def finalize_labels(image_path: Path, name: str, *, attrs: dict | None = None) -
             overwrite=True,
         )
         da.store(level, array, lock=False)
+    # ome-zarr (tens of MB of modules) is loaded once the levels' chunks are
+    # written and freed, so its memory and theirs do not add up
+    from ome_zarr.format import FormatV05
+
+    write_multiscales_metadata = _ome_zarr_metadata_writer()
     datasets = [
         {
             "path": str(index),
