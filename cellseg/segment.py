@@ -17,6 +17,7 @@ core contains it. Then, per object:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,8 +140,8 @@ class Candidates:
 def unpack_mask(packed: np.ndarray, bbox: np.ndarray) -> np.ndarray:
     """A boolean mask from its packed bits and its box (starts, then stops)."""
     nd = len(bbox) // 2
-    shape = tuple(int(bbox[a + nd] - bbox[a]) for a in range(nd))
-    n = int(np.prod(shape))
+    shape = tuple(int(bbox[a + nd]) - int(bbox[a]) for a in range(nd))
+    n = math.prod(shape)
     return np.unpackbits(packed, count=n).astype(bool).reshape(shape)
 
 

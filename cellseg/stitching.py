@@ -280,16 +280,35 @@ def _forward_pairs(
         if not len(rows_u):
             continue
         sel_u = np.flatnonzero(select(rows_u, int(source.start[u])))
+        if not len(sel_u):
+            continue
         lo_u, hi_u = rows_u.bbox[sel_u, :nd], rows_u.bbox[sel_u, nd:]
-        meet = np.ones((len(sel_t), len(sel_u)), bool)
+        # only candidates that reach the other tile's candidates' extent can meet
+        # one of them: those near the seam, a few of each tile's
+        it = np.flatnonzero(_meets(lo_t, hi_t, lo_u.min(axis=0), hi_u.max(axis=0)))
+        if not len(it):
+            continue
+        iu = np.flatnonzero(_meets(lo_u, hi_u, lo_t[it].min(axis=0), hi_t[it].max(axis=0)))
+        if not len(iu):
+            continue
+        meet = np.ones((len(it), len(iu)), bool)
         for a in range(nd):
-            meet &= (lo_t[:, None, a] < hi_u[None, :, a]) & (lo_u[None, :, a] < hi_t[:, None, a])
+            meet &= (lo_t[it, None, a] < hi_u[None, iu, a]) & (
+                lo_u[None, iu, a] < hi_t[it, None, a]
+            )
         a_, b_ = np.nonzero(meet)
-        found.append(np.stack([sel_t[a_] + source.start[t], sel_u[b_] + source.start[u]], axis=1))
+        found.append(
+            np.stack([sel_t[it[a_]] + source.start[t], sel_u[iu[b_]] + source.start[u]], axis=1)
+        )
     if not found:
         return np.zeros((0, 2), np.int64)
     pairs = np.concatenate(found).astype(np.int64)
     return pairs[np.lexsort([pairs[:, 1], pairs[:, 0]])]
+
+
+def _meets(lo: np.ndarray, hi: np.ndarray, box_lo: np.ndarray, box_hi: np.ndarray) -> np.ndarray:
+    """Which boxes ``[lo, hi)`` meet the box ``[box_lo, box_hi)``."""
+    return np.all((lo < box_hi) & (hi > box_lo), axis=1)
 
 
 def _crop(mask: np.ndarray, box: Box, region: Box) -> np.ndarray:
