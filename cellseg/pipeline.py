@@ -585,14 +585,13 @@ def segment_tiles(
 
 # ----------------------------------------------------------------------------- stitch
 def _batch_source(paths: Sequence[Path], shape: Sequence[int], n_tiles: int):
-    """The candidates of the batch files, served tile by tile (see
-    :class:`~cellseg.stitching.TileCandidates`).
+    """The candidates of the batch files, served tile by tile.
 
-    Only each batch's tile column is read here; a batch's other rows and its
-    masks are read when a sweep reaches its tiles, boxes and anchors in
-    :func:`~cellseg.tiling.coord_dtype`.
+    Only each batch's tile column is read here; a batch's other rows (boxes
+    and anchors in :func:`~cellseg.tiling.coord_dtype`) and its masks are read
+    when a sweep reaches its tiles (:class:`~cellseg.stitching.TileCandidates`).
     """
-    from cellseg.stitching import _META, TileCandidates
+    from cellseg.stitching import ROW_FIELDS, TileCandidates
     from cellseg.tiling import coord_dtype
 
     coords = coord_dtype(shape)
@@ -612,7 +611,7 @@ def _batch_source(paths: Sequence[Path], shape: Sequence[int], n_tiles: int):
         with np.load(used[k]) as f:
             return {
                 name: f[name].astype(coords) if name in ("bbox", "anchor") else f[name]
-                for name in _META
+                for name in ROW_FIELDS
             }
 
     return TileCandidates(

@@ -63,7 +63,8 @@ class StitchResult:
     n_merged_pieces: int
 
 
-_META = ("tile", "kind", "bbox", "anchor", "area", "score")
+#: The fields of a candidate's row, all but its mask (see :class:`TileCandidates`).
+ROW_FIELDS = ("tile", "kind", "bbox", "anchor", "area", "score")
 
 
 class TileCandidates:
@@ -131,7 +132,7 @@ class TileCandidates:
         source = cls(
             [list(range(n_tiles))],
             counts,
-            lambda _: {f: getattr(cands, f) for f in _META},
+            lambda _: {f: getattr(cands, f) for f in ROW_FIELDS},
             lambda _: (cands.offsets, cands.bits),
             ndim=cands.ndim,
             row_tiles=n_tiles,
@@ -165,7 +166,7 @@ class TileCandidates:
                 rows = Candidates(
                     offsets=np.zeros(1, np.int64),
                     bits=np.zeros(0, np.uint8),
-                    **{f: fields[f][a:b].copy() for f in _META if f != "tile"},
+                    **{f: fields[f][a:b].copy() for f in ROW_FIELDS if f != "tile"},
                     tile=np.broadcast_to(np.int32(u), (b - a,)),  # one value, no memory
                 )
                 self._cache(self._rows, u, rows, self.row_tiles)

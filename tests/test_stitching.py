@@ -95,7 +95,7 @@ def _disk_candidates(tile_size, overlap=None):
 
 def test_tile_candidates_hold_a_window_and_stitch_as_in_memory():
     from cellseg.segment import PIECE, Candidates
-    from cellseg.stitching import _META, TileCandidates, paint_tiles, resolve_candidates
+    from cellseg.stitching import ROW_FIELDS, TileCandidates, paint_tiles, resolve_candidates
 
     per_tile, tiles, core, margin = _disk_candidates(32, overlap=12)
     n_tiles = len(tiles)
@@ -108,7 +108,7 @@ def test_tile_candidates_hold_a_window_and_stitch_as_in_memory():
 
     def load_rows(k):
         loads["rows"].append(k)
-        return {f: getattr(parts[k], f) for f in _META}
+        return {f: getattr(parts[k], f) for f in ROW_FIELDS}
 
     def load_masks(k):
         loads["masks"].append(k)
