@@ -255,6 +255,15 @@ def tile_neighbours(tiles: Sequence[Tile], core_shape: Sequence[int]) -> list[np
     return out
 
 
+def _sweep_neighbours(
+    source: TileCandidates, tiles: Sequence[Tile], core_shape: Sequence[int]
+) -> dict[int, np.ndarray]:
+    """Each tile's neighbours (:func:`tile_neighbours`); fits the row cache to their sweep."""
+    neighbours = dict(zip((t.index for t in tiles), tile_neighbours(tiles, core_shape)))
+    source.fit_window(max((int(nb[-1]) - t for t, nb in neighbours.items() if len(nb)), default=0))
+    return neighbours
+
+
 def _forward_pairs(
     source: TileCandidates,
     t: int,
@@ -412,8 +421,7 @@ def resolve_candidates(
     nd = len(core_shape)
     order = sorted(t.index for t in tiles)
     n_tiles = order[-1] + 1 if order else 0
-    neighbours = dict(zip((t.index for t in tiles), tile_neighbours(tiles, core_shape)))
-    source.fit_window(max((int(nb[-1]) - t for t, nb in neighbours.items() if len(nb)), default=0))
+    neighbours = _sweep_neighbours(source, tiles, core_shape)
     alive = np.ones(n, bool)
     n_dup = 0
 
@@ -642,8 +650,7 @@ def paint_tiles(
     """Each tile with the labels of its core, tiles in order."""
     from cellseg.pipeline import progress
 
-    neighbours = dict(zip((t.index for t in tiles), tile_neighbours(tiles, core_shape)))
-    source.fit_window(max((int(nb[-1]) - t for t, nb in neighbours.items() if len(nb)), default=0))
+    neighbours = _sweep_neighbours(source, tiles, core_shape)
     for t in progress(sorted(tiles, key=lambda t: t.index), desc="stitch", enabled=show_progress):
         members = tile_members(source, t, neighbours[t.index], result)
         yield t, paint_region(source, result, t.core, members, dtype=dtype)
