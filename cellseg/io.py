@@ -1083,7 +1083,7 @@ def create_labels(
 
 
 def _halved(previous: Any, chunks: Sequence[int]) -> Any:
-    """``previous[..., ::2, ::2]`` as a dask array of `chunks`, read chunk by chunk.
+    """``previous[..., ::2, ::2]`` as a dask array of `chunks` (clipped to it), read chunk by chunk.
 
     A block of the result is made from the 2 x 2 (or more) chunks of
     `previous` under it, each read and subsampled in turn, so a task holds one
@@ -1098,9 +1098,8 @@ def _halved(previous: Any, chunks: Sequence[int]) -> Any:
     import dask.array as da
 
     shape = (*previous.shape[:-2], *(-(-n // 2) for n in previous.shape[-2:]))
-    source_chunks = getattr(previous, "chunks", None) or previous.shape
-    if not isinstance(source_chunks[0], int):  # a dask array's chunks: its first block
-        source_chunks = tuple(c[0] for c in source_chunks)
+    chunks = _clip_chunks(tuple(chunks), shape)
+    source_chunks = getattr(previous, "chunks", previous.shape)  # zarr, or numpy: one chunk
     dtype = np.dtype(previous.dtype)
 
     def spans(lo: int, hi: int, step: int) -> list[tuple[int, int]]:
@@ -1125,7 +1124,7 @@ def _halved(previous: Any, chunks: Sequence[int]) -> Any:
     return da.map_blocks(
         block,
         dtype=dtype,
-        chunks=da.core.normalize_chunks(tuple(chunks), shape),
+        chunks=da.core.normalize_chunks(chunks, shape),
         meta=np.empty((0,) * len(shape), dtype),
     )
 
@@ -1173,14 +1172,11 @@ def finalize_labels(image_path: Path, name: str, *, attrs: dict | None = None) -
         dimension_names = _label_dimension_names(image, level0.shape)
     positions = [image["names"].index(n) for n in dimension_names]
     for index in range(1, image["levels"]):
-        previous = group[str(index - 1)]
-        level_shape = (*previous.shape[:-2], *(-(-n // 2) for n in previous.shape[-2:]))
-        level_chunks = _clip_chunks(level0.chunks, level_shape)
-        level = _halved(previous, level_chunks)
+        level = _halved(group[str(index - 1)], level0.chunks)
         array = group.create_array(
             str(index),
             shape=level.shape,
-            chunks=level_chunks,
+            chunks=level.chunksize,
             dtype=LABEL_DTYPE,
             fill_value=0,
             dimension_names=dimension_names,

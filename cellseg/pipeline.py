@@ -587,14 +587,19 @@ def segment_tiles(
 def _batch_source(paths: Sequence[Path], shape: Sequence[int], n_tiles: int):
     """The candidates of the batch files, served tile by tile.
 
-    Only each batch's tile column is read here; a batch's other rows (boxes
-    and anchors in :func:`~cellseg.tiling.coord_dtype`) and its masks are read
-    when a sweep reaches its tiles (:class:`~cellseg.stitching.TileCandidates`).
+    Only each batch's tile column is read here; a batch's other rows and its
+    masks are read when a sweep reaches its tiles
+    (:class:`~cellseg.stitching.TileCandidates`). Rows are kept in the smallest
+    dtypes that hold them: boxes and anchors in :func:`~cellseg.tiling.box_dtype`,
+    areas (at most the scan's pixels) in uint32 when that holds them. The
+    sweeps only compare these values and read them as ints.
     """
     from cellseg.stitching import ROW_FIELDS, TileCandidates
-    from cellseg.tiling import coord_dtype
+    from cellseg.tiling import box_dtype
 
-    coords = coord_dtype(shape)
+    narrow = {"bbox": box_dtype(shape), "anchor": box_dtype(shape)}
+    if math.prod(shape) < 2**32:
+        narrow["area"] = np.uint32
     counts = np.zeros(n_tiles, np.int64)
     part_tiles, used = [], []
     for path in paths:
@@ -610,7 +615,7 @@ def _batch_source(paths: Sequence[Path], shape: Sequence[int], n_tiles: int):
     def load_rows(k: int) -> dict[str, np.ndarray]:
         with np.load(used[k]) as f:
             return {
-                name: f[name].astype(coords) if name in ("bbox", "anchor") else f[name]
+                name: f[name].astype(narrow[name]) if name in narrow else f[name]
                 for name in ROW_FIELDS
             }
 

@@ -147,29 +147,38 @@ class TileCandidates:
         """Tile of candidate ``i``."""
         return int(np.searchsorted(self.start, i, side="right")) - 1
 
-    def _cache(self, cache: OrderedDict, key: int, value, size: int) -> None:
-        cache[key] = value
-        cache.move_to_end(key)
-        while len(cache) > size:
-            cache.popitem(last=False)
+    def _cache_part(
+        self, cache: OrderedDict, size: int, t: int, piece: Callable[[int, int, int], object]
+    ) -> None:
+        """Cache ``piece(u, a, b)`` for every tile u of the part read for tile ``t``.
+
+        ``a:b`` are u's candidates within the part; ``t`` goes in last (most
+        recent), and the least recently used tiles beyond ``size`` are dropped.
+        """
+        tiles = self.part_tiles[int(self.part_of[t])]
+        first = int(self.start[tiles[0]])
+        for u in [*(u for u in tiles if u != t), t]:
+            cache[u] = piece(u, int(self.start[u]) - first, int(self.start[u + 1]) - first)
+            cache.move_to_end(u)
+            while len(cache) > size:
+                cache.popitem(last=False)
 
     def rows(self, t: int) -> Candidates:
         """The rows of tile ``t``'s candidates (no masks); their indices start at ``start[t]``."""
         if t not in self._rows:
-            part = int(self.part_of[t])
-            if part < 0 or not self.counts[t]:
+            if self.part_of[t] < 0 or not self.counts[t]:
                 return self._empty()
-            fields = _compact_rows(self.load_rows(part))
-            first = int(self.start[self.part_tiles[part][0]])
-            for u in [*(u for u in self.part_tiles[part] if u != t), t]:
-                a, b = int(self.start[u]) - first, int(self.start[u + 1]) - first
-                rows = Candidates(
+            fields = self.load_rows(int(self.part_of[t]))
+
+            def rows(u: int, a: int, b: int) -> Candidates:
+                return Candidates(
                     offsets=np.zeros(1, np.int64),
                     bits=np.zeros(0, np.uint8),
                     **{f: fields[f][a:b].copy() for f in ROW_FIELDS if f != "tile"},
                     tile=np.broadcast_to(np.int32(u), (b - a,)),  # one value, no memory
                 )
-                self._cache(self._rows, u, rows, self.row_tiles)
+
+            self._cache_part(self._rows, self.row_tiles, t, rows)
         self._rows.move_to_end(t)
         return self._rows[t]
 
@@ -188,39 +197,17 @@ class TileCandidates:
         """Mask crop of candidate ``i`` over its box."""
         t = self.tile_of(i)
         if t not in self._masks:
-            part = int(self.part_of[t])
-            offsets, bits = self.load_masks(part)
-            first = int(self.start[self.part_tiles[part][0]])
-            for u in [*(u for u in self.part_tiles[part] if u != t), t]:
-                a, b = int(self.start[u]) - first, int(self.start[u + 1]) - first
+            offsets, bits = self.load_masks(int(self.part_of[t]))
+
+            def masks(u: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
                 off = offsets[a : b + 1]
-                self._cache(
-                    self._masks, u, (off - off[0], bits[off[0] : off[-1]].copy()), self.mask_tiles
-                )
+                return off - off[0], bits[off[0] : off[-1]].copy()
+
+            self._cache_part(self._masks, self.mask_tiles, t, masks)
         self._masks.move_to_end(t)
         offsets, bits = self._masks[t]
         k = i - int(self.start[t])
         return unpack_mask(bits[offsets[k] : offsets[k + 1]], self.rows(t).bbox[k])
-
-
-def _compact_rows(fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rows in the smallest dtypes that hold their values, for the row cache.
-
-    Boxes and anchors are uint16 when the scan is narrower than 2**16 pixels
-    on every axis, areas uint32: half the bytes of int32 boxes and int64
-    areas. The sweeps only compare these values and read them as ints.
-    """
-    out = dict(fields)
-    for name, kinds in (("bbox", (np.uint16,)), ("anchor", (np.uint16,)), ("area", (np.uint32,))):
-        values = np.asarray(fields[name])
-        if not values.size:
-            continue
-        lo, hi = int(values.min()), int(values.max())
-        for kind in kinds:
-            if lo >= 0 and hi <= np.iinfo(kind).max:
-                out[name] = values.astype(kind)
-                break
-    return out
 
 
 def tile_neighbours(tiles: Sequence[Tile], core_shape: Sequence[int]) -> list[np.ndarray]:
