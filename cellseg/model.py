@@ -80,6 +80,8 @@ def labels_to_targets(labels: np.ndarray, spacing: Sequence[float] | None = None
     """
     from scipy import ndimage as ndi
 
+    from cellseg.backends import distance_map
+
     labels = np.asarray(labels)
     spacing = tuple(spacing or (1.0,) * labels.ndim)
     fg = labels > 0
@@ -94,7 +96,7 @@ def labels_to_targets(labels: np.ndarray, spacing: Sequence[float] | None = None
             same = nb == labels
             same[tuple(edge)] = True  # the image border does not end a nucleus
             inside &= same
-    dist = ndi.distance_transform_edt(inside, sampling=spacing).astype(np.float32)
+    dist = distance_map(inside, spacing)
     dist[fg] += min(spacing)  # edge pixels get one step, not zero
     n = int(labels.max())
     peak = np.zeros(n + 1, np.float32)
