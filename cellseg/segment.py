@@ -75,8 +75,9 @@ class Candidates:
 
     def box(self, i: int) -> Box:
         """Bounding box of candidate ``i`` as ((start, stop), ...)."""
-        nd = self.ndim
-        return tuple((int(self.bbox[i, a]), int(self.bbox[i, a + nd])) for a in range(nd))
+        bounds = self.bbox[i].tolist()
+        nd = len(bounds) // 2
+        return tuple(zip(bounds[:nd], bounds[nd:]))
 
     def mask(self, i: int) -> np.ndarray:
         """Boolean mask of candidate ``i`` over its bounding box."""
@@ -139,10 +140,11 @@ class Candidates:
 
 def unpack_mask(packed: np.ndarray, bbox: np.ndarray) -> np.ndarray:
     """A boolean mask from its packed bits and its box (starts, then stops)."""
-    nd = len(bbox) // 2
-    shape = tuple(int(bbox[a + nd]) - int(bbox[a]) for a in range(nd))
+    bounds = np.asarray(bbox).tolist()
+    nd = len(bounds) // 2
+    shape = tuple(hi - lo for lo, hi in zip(bounds[:nd], bounds[nd:]))
     n = math.prod(shape)
-    return np.unpackbits(packed, count=n).astype(bool).reshape(shape)
+    return np.unpackbits(packed, count=n).view(bool).reshape(shape)
 
 
 def reliable_box(halo: Box, margin: Sequence[int], shape: Sequence[int]) -> Box:

@@ -26,6 +26,7 @@ Rules, in order:
 
 from __future__ import annotations
 
+import bisect
 import math
 from array import array
 from collections import OrderedDict
@@ -107,6 +108,7 @@ class TileCandidates:
     ) -> None:
         self.counts = np.asarray(counts, np.int64)
         self.start = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self._starts = self.start.tolist()  # for bisect: a pair looks up two candidates' tiles
         self.part_of = np.full(len(self.counts), -1, np.int64)
         order = [t for tiles in part_tiles for t in tiles]
         if any(b <= a for a, b in zip(order, order[1:])):
@@ -145,7 +147,7 @@ class TileCandidates:
 
     def tile_of(self, i: int) -> int:
         """Tile of candidate ``i``."""
-        return int(np.searchsorted(self.start, i, side="right")) - 1
+        return bisect.bisect_right(self._starts, i) - 1
 
     def _cache_part(
         self, cache: OrderedDict, size: int, t: int, piece: Callable[[int, int, int], object]
