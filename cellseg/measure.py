@@ -885,7 +885,10 @@ def _read(array: Any, index: tuple) -> np.ndarray:
     """Read a region of a numpy, zarr or dask array into memory."""
     part = array[index]
     if hasattr(part, "compute"):
-        part = part.compute(scheduler="synchronous")
+        import dask.local
+
+        # the function, not the name "synchronous": see cellseg.parallel._local_get
+        part = part.compute(scheduler=dask.local.get_sync)
     return np.asarray(part)
 
 

@@ -9,6 +9,7 @@ import sys
 import threading
 
 import dask
+import dask.threaded
 import pandas as pd
 import pytest
 
@@ -33,10 +34,32 @@ def test_map_chunks_keeps_the_order_and_uses_threads():
 
 def test_dask_scheduler_sets_the_local_threads():
     with dask_scheduler(threads=3):
-        assert dask.config.get("scheduler") == "threads"
+        assert dask.config.get("scheduler") is dask.threaded.get
         assert dask.config.get("num_workers") == 3
         with local_threads():  # no distributed client: nothing changes
             assert dask.config.get("num_workers") == 3
+
+
+_LOCAL_PROBE = """
+import sys
+import dask.array as da
+from cellseg.measure import _read
+from cellseg.parallel import dask_scheduler
+
+with dask_scheduler(threads=2):
+    total = int(da.ones((64, 64), chunks=16).sum().compute())
+part = _read(da.arange(10, chunks=3), (slice(2, 5),)).tolist()
+print(total, part, "distributed" in sys.modules)
+"""
+
+
+def test_local_work_does_not_load_distributed():
+    """With dask.distributed installed, local stages still run without importing it."""
+    pytest.importorskip("distributed", reason="dask.distributed is not installed")
+    out = subprocess.run(
+        [sys.executable, "-c", _LOCAL_PROBE], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["4096", "[2,", "3,", "4]", "False"]
 
 
 def test_a_scheduler_address_without_distributed_is_a_clear_error(monkeypatch, result2d, capsys):
