@@ -135,14 +135,10 @@ def _add_dask_options(p: argparse.ArgumentParser, threads: bool = True) -> None:
 
 
 def _dask_context(args: argparse.Namespace):
-    """The dask scheduler of a command with ``--scheduler``; a no-op for the others."""
-    import contextlib
-
-    if not hasattr(args, "scheduler"):
-        return contextlib.nullcontext()
+    """The dask scheduler of a command: ``--scheduler`` where it has one, else local threads."""
     from cellseg.parallel import dask_scheduler
 
-    return dask_scheduler(getattr(args, "threads", None), args.scheduler)
+    return dask_scheduler(getattr(args, "threads", None), getattr(args, "scheduler", None))
 
 
 def _tile_size(values: list[int]) -> int | tuple[int, ...]:
