@@ -887,7 +887,7 @@ def _read(array: Any, index: tuple) -> np.ndarray:
     if hasattr(part, "compute"):
         import dask.local
 
-        # the function, not the name "synchronous": see cellseg.parallel._local_get
+        # the function, not the name "synchronous": see cellseg.parallel._local_config
         part = part.compute(scheduler=dask.local.get_sync)
     return np.asarray(part)
 

@@ -56,7 +56,7 @@ def dask_scheduler(threads: int | None = None, address: str | None = None) -> It
     threads_token = _THREADS.set(threads)
     try:
         if not address:
-            with dask.config.set(scheduler=_local_get(), num_workers=threads or available_cpus()):
+            with dask.config.set(_local_config(threads or available_cpus())):
                 yield
             return
         client = connect(address)
@@ -87,21 +87,22 @@ def local_threads() -> Iterator[None]:
     token = _CLIENT.set(None)
     try:
         workers = _THREADS.get() or available_cpus()
-        with dask.config.set(scheduler=_local_get(), num_workers=workers):
+        with dask.config.set(_local_config(workers)):
             yield
     finally:
         _CLIENT.reset(token)
 
 
-def _local_get() -> Callable:
-    """dask's local threaded scheduler, as its function rather than its name.
+def _local_config(workers: int) -> dict[str, Any]:
+    """dask settings for work on `workers` local threads.
 
-    Given a scheduler's name, dask imports dask.distributed, when it is
-    installed, to look for a client: some 10 MB in every process.
+    The scheduler is given as its function, not its name, and the rechunk
+    method is named: otherwise dask imports dask.distributed, when it is
+    installed, to look for a client (some 10 MB in every process).
     """
     import dask.threaded
 
-    return dask.threaded.get
+    return {"scheduler": dask.threaded.get, "num_workers": workers, "array.rechunk.method": "tasks"}
 
 
 def connect(address: str) -> Any:

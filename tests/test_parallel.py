@@ -46,6 +46,7 @@ import dask.array as da
 import numpy as np
 from cellseg import cli
 from cellseg.measure import _read
+from cellseg.parallel import dask_scheduler
 
 out = sys.argv[1]
 image = np.zeros((96, 96), np.uint16)
@@ -58,6 +59,8 @@ for command in (
     ["stitch", out],
 ):
     assert cli.main(["-q", *command]) == 0
+with dask_scheduler(threads=2):
+    assert int(da.ones((64, 64), chunks=16).rechunk(32).sum().compute()) == 4096
 part = _read(da.arange(10, chunks=3), (slice(2, 5),)).tolist()
 print(part, "distributed" in sys.modules)
 """
