@@ -1401,3 +1401,47 @@ def read_table_metadata(path: Path) -> dict[str, Any]:
         except ValueError:
             out[key[len("cellseg.") :]] = text
     return out
+
+
+def read_table_columns(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """Some columns of a cell table, read a row group at a time into numpy arrays.
+
+    The same frame as ``pandas.read_parquet(path, columns=columns)``, with
+    under half of its memory: that holds the Arrow table and its pandas copy
+    at once, and Arrow buffers every row group's bytes and keeps what it
+    freed; here memory holds the columns and one row group.
+
+    Parameters
+    ----------
+    path : Path
+        A Parquet table (``cells.parquet``).
+    columns : sequence of str
+        Columns to read, in this order.
+
+    Returns
+    -------
+    pandas.DataFrame
+        With a RangeIndex; integer or boolean columns with missing values
+        become float64 (NaN) as in pandas.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = list(columns)
+    table = pq.ParquetFile(path, pre_buffer=False)  # not every row group's bytes at once
+    n = table.metadata.num_rows
+    dtypes = table.schema_arrow.empty_table().select(columns).to_pandas().dtypes
+    out = {c: np.empty(n, dtypes[c]) for c in columns}
+    at = 0
+    for batch in table.iter_batches(columns=columns, batch_size=ROW_GROUP_ROWS, use_threads=False):
+        k = batch.num_rows
+        for c in columns:
+            values = batch.column(c)
+            if values.null_count and out[c].dtype.kind not in "fO":
+                out[c] = out[c].astype(np.float64)  # as pandas: missing values are NaN
+            if values.null_count and out[c].dtype.kind == "f":
+                values = values.cast("float64").fill_null(float("nan"))
+            out[c][at : at + k] = values.to_numpy(zero_copy_only=False)
+        at += k
+    pa.default_memory_pool().release_unused()
+    return pd.DataFrame(out, copy=False)

@@ -16,6 +16,7 @@ from cellseg.measure import (
     column_schema,
     measure_cells,
     neighbor_features,
+    read_table_columns,
     read_table_metadata,
     write_table,
 )
@@ -502,3 +503,27 @@ def test_reads_are_bounded_by_a_chunk_and_its_cells(scan2d):
     pad = math.ceil(2.0 / spacing[0])
     bound = chunks[0] + extent + 2 * pad
     assert max(max(shape) for shape in recorder.reads) <= bound < min(labels.shape)
+
+
+def test_table_columns_read_by_row_group_equal_pandas(tmp_path):
+    """Columns read a row group at a time: pandas' frame, missing values included."""
+    import pyarrow as pa
+
+    n = 50
+    table = pa.table(
+        {
+            "cell_id": pa.array(np.arange(1, n + 1), pa.uint32()),
+            "area_um2": pa.array([None if i % 7 == 3 else i * 0.5 for i in range(n)]),
+            "count": pa.array([None if i == 11 else i for i in range(n)], pa.int64()),
+            "touches_border": pa.array([i % 3 == 0 for i in range(n)]),
+            "small": pa.array(np.linspace(0, 1, n), pa.float32()),
+        }
+    )
+    path = tmp_path / "cells.parquet"
+    pq.write_table(table, path, row_group_size=8)  # 7 row groups, the last one short
+    columns = ["touches_border", "count", "area_um2", "small", "cell_id"]
+    got = read_table_columns(path, columns)
+    pd.testing.assert_frame_equal(got, pd.read_parquet(path, columns=columns))
+    assert list(got.columns) == columns
+    assert np.isnan(got["area_um2"][3]) and got["area_um2"][4] == 2.0
+    assert np.isnan(got["count"][11]) and got["count"][12] == 12.0
