@@ -1421,8 +1421,9 @@ def read_table_columns(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        With a RangeIndex; integer or boolean columns with missing values
-        become float64 (NaN) as in pandas.
+        With a RangeIndex. Integer columns with missing values become
+        float64 with NaN, as in pandas (boolean ones too, where pandas gives
+        objects; a cell table has none).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
