@@ -1081,7 +1081,10 @@ def write_run_report(
     -------
     Path
     """
+    import pyarrow.parquet as pq
+
     from cellseg.io import atomic_write_bytes
+    from cellseg.measure import read_table_columns
     from cellseg.pipeline import read_json, stage_seconds, work_dir
 
     out = Path(out)
@@ -1095,8 +1098,9 @@ def write_run_report(
             info = read_json(work_dir(d) / "ingest.json", "ingest")
             plan = read_json(work_dir(d) / "tiles.json", "plan")
             name = info["name"]
+            table_path = d / "cells.parquet"
             summary = scan_summary(
-                pd.read_parquet(d / "cells.parquet"),
+                read_table_columns(table_path, report_columns(pq.read_schema(table_path).names)),
                 shape=info["shape"],
                 spacing=info["spacing"],
                 core_shape=plan["core_shape"],
@@ -1104,7 +1108,7 @@ def write_run_report(
                 spacing_source=info.get("spacing_source"),
             )
             warnings = qc_warnings(summary)
-        tables[name] = pd.read_parquet(d / "cells.parquet", columns=["equivalent_diameter_um"])
+        tables[name] = read_table_columns(d / "cells.parquet", ["equivalent_diameter_um"])
         counts[name] = summary["n_cells"]
         all_warnings += [f"{name}: {w}" for w in warnings]
         link = os.path.relpath(d / "report.html", out.parent)
