@@ -1091,16 +1091,18 @@ def write_run_report(
     rows, tables, counts, all_warnings = [], {}, {}, []
     for d in (Path(p) for p in outdirs):
         report_json = work_dir(d) / "report.json"
+        table_path = d / "cells.parquet"
         if report_json.exists():
             entry = json.loads(report_json.read_text())
             name, summary, warnings = entry["name"], entry["summary"], entry["warnings"]
+            diameters = read_table_columns(table_path, ["equivalent_diameter_um"])
         else:
             info = read_json(work_dir(d) / "ingest.json", "ingest")
             plan = read_json(work_dir(d) / "tiles.json", "plan")
             name = info["name"]
-            table_path = d / "cells.parquet"
+            cells = read_table_columns(table_path, report_columns(pq.read_schema(table_path).names))
             summary = scan_summary(
-                read_table_columns(table_path, report_columns(pq.read_schema(table_path).names)),
+                cells,
                 shape=info["shape"],
                 spacing=info["spacing"],
                 core_shape=plan["core_shape"],
@@ -1108,7 +1110,10 @@ def write_run_report(
                 spacing_source=info.get("spacing_source"),
             )
             warnings = qc_warnings(summary)
-        tables[name] = read_table_columns(d / "cells.parquet", ["equivalent_diameter_um"])
+            # the figure's one column, not the summary's dozen, is kept for every scan
+            diameters = cells[["equivalent_diameter_um"]].copy()
+            del cells
+        tables[name] = diameters
         counts[name] = summary["n_cells"]
         all_warnings += [f"{name}: {w}" for w in warnings]
         link = os.path.relpath(d / "report.html", out.parent)
