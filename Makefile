@@ -1,5 +1,6 @@
-# cellseg: `make demo` runs the embedded demo, `make test` the checks.
-# Both bootstrap .venv themselves (Python >= 3.10 as python3).
+# cellseg: `make demo` runs the embedded demo (configs/demo.yaml), `make test`
+# every check (CI), `make quick` the fast tier for the edit loop. Each
+# bootstraps .venv itself (Python >= 3.10 as python3).
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.cellseg-installed
 RUN := PATH="$(BIN):$$PATH"
 LINT_PATHS := $(wildcard cellseg tests benchmarks)
 
-.PHONY: all venv demo test lint sysdeps clean distclean
+.PHONY: all venv demo test quick lint sysdeps clean distclean
 
 all: test
 
@@ -52,7 +53,7 @@ $(SYSDEPS_STAMP): Makefile
 	fi
 
 demo: venv
-	$(RUN) $(VENV)/bin/snakemake --cores all --configfile configs/config.yaml
+	$(RUN) $(VENV)/bin/snakemake --cores all --configfile configs/demo.yaml
 	@echo
 	@echo "Demo outputs, one folder per scan under results/:"
 	@echo "  results/<scan>/<scan>.ome.zarr   image + labels/cells (napari --plugin cellseg results/demo2d -w cellseg)"
@@ -61,12 +62,24 @@ demo: venv
 	@echo "  results/cells.parquet, results/report.html   all scans' cells and the run's report"
 	@echo "  results/<scan>/logs/             one log per job"
 
+# ruff, the Snakefile's lint (with the demo config: the template lists no
+# scans) and the package's import contracts (pyproject.toml, [tool.importlinter]).
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
-	$(RUN) $(VENV)/bin/snakemake --lint
+	$(RUN) $(VENV)/bin/snakemake --lint --configfile configs/demo.yaml
+	$(VENV)/bin/lint-imports --no-cache
 
+# Everything: the tests and the doctests of every module (pyproject.toml).
 test: lint sysdeps
 	$(RUN) $(VENV)/bin/python -m pytest -q
+
+# The fast tier (a few minutes on 2 cores): no end-to-end runs (`slow`,
+# `slurm`), no napari viewer, no notebook execution; doctests included.
+QUICK_SKIP := --ignore=tests/test_napari_reader.py --ignore=tests/test_napari_widget.py \
+	--ignore=tests/test_notebook.py
+quick: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(RUN) $(VENV)/bin/python -m pytest -q -m "not slow and not slurm" $(QUICK_SKIP)
 
 clean:
 	rm -rf results demo_data .snakemake .pytest_cache .ruff_cache

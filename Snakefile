@@ -1,18 +1,22 @@
 # cellseg workflow: segment every cell of every scan listed in the config.
 #
-#   snakemake --cores all                          # configs/config.yaml
-#   snakemake --profile configs/profiles/local
-#   snakemake --cores all --configfile my.yaml --replace-workflow-config
+#   snakemake --cores all --configfile my.yaml
+#   snakemake --profile configs/profiles/local --configfile my.yaml
 #   snakemake --profile configs/profiles/slurm --configfile my.yaml    # a SLURM cluster
+#   snakemake --cores all --configfile configs/demo.yaml               # the demo (make demo)
 #
-# Stages (one rule file each, workflow/rules/): synth (demo scans only),
-# ingest, plan (checkpoint), segment_tiles (one job per batch of tiles),
-# stitch, measure, report (per scan), export and report_run (per run). Every
-# rule calls the `cellseg` command line.
+# configs/config.yaml, loaded first, is a commented template without scans;
+# the --configfile given is merged over it. Stages (one rule file each,
+# workflow/rules/): synth (demo scans only), ingest, plan (checkpoint),
+# segment_tiles (one job per batch of tiles), stitch, measure, report (per
+# scan), export and report_run (per run). Every rule calls the `cellseg`
+# command line, and records its time and memory under {results}/.../benchmarks/.
 
-import jsonschema
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from cellseg.config import validate_config
+from cellseg.errors import ConfigError
 
 min_version("9.0")
 
@@ -20,20 +24,13 @@ min_version("9.0")
 configfile: "configs/config.yaml"
 
 
-# Validate the config and fill in defaults. A bad key is reported in one line
-# (where, what) instead of jsonschema's dump of the whole schema.
+# Validate the config against the package's schema (cellseg/data/config.schema.yaml,
+# the one source of every key's default) and fill in the defaults. A bad key is
+# reported in one line: where, what, and where the keys are described.
 try:
-    validate(config, "workflow/schemas/config.schema.yaml")
-except WorkflowError as error:
-    invalid = error.__context__
-    if not isinstance(invalid, jsonschema.ValidationError):
-        raise
-    where = ".".join(str(part) for part in invalid.absolute_path) or "top level"
-    raise WorkflowError(
-        f"Invalid config ({where}): {invalid.message}. "
-        "The keys, their types and defaults are described in "
-        "cellseg/data/config.schema.yaml and configs/config.yaml."
-    ) from None
+    validate_config(config)
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
 
 
 include: "workflow/rules/common.smk"

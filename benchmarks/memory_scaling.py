@@ -150,7 +150,7 @@ def write_scan_3d(shape: tuple[int, int, int], path: Path) -> None:
 
 def benchmark_scan(scan: Path, shape, tile: int | list[int], args, work: Path) -> list[Run]:
     """Every stage of one scan, each as a measured child process."""
-    from cellseg.pipeline import scan_name
+    from cellseg.layout import scan_name
 
     name = shape_name(shape)
     pixels = int(np.prod(shape))

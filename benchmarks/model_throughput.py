@@ -32,10 +32,11 @@ def forward_throughput(image: np.ndarray, spacing, tile_size: int, batch_size: i
     """Pixels of scan per second through the bare network on the plan's halo crops."""
     import torch
 
-    from cellseg.backends import get_backend
-    from cellseg.model import load_model, predict_maps, resolve_device
     from cellseg.normalize import compute_scan_stats, normalize
-    from cellseg.pipeline import tile_geometry
+    from cellseg.segmentation import get_backend
+    from cellseg.segmentation.inference import predict_maps
+    from cellseg.segmentation.network import load_model, resolve_device
+    from cellseg.stages import tile_geometry
     from cellseg.tiling import plan_tiles
 
     device = resolve_device(device)

@@ -1,6 +1,8 @@
 """The ``cellseg`` command line.
 
-Heavy libraries are imported inside the commands, so ``cellseg --help`` is instant.
+Each command imports the modules it runs when it runs (they import numpy,
+pandas, zarr, dask and more, seconds in all), so ``cellseg --help`` is instant.
+Options default to the config schema's defaults (:data:`cellseg.config.DEFAULTS`).
 User errors (:class:`cellseg.errors.CellsegError`) print one line and exit with 2.
 """
 
@@ -13,8 +15,13 @@ import sys
 from pathlib import Path
 
 from cellseg import __version__
+from cellseg.config import CONFIG_SCHEMA, DEFAULTS, load_schema
 from cellseg.errors import CellsegError
-from cellseg.parallel import keep_heap_flat
+from cellseg.layout import scan_name
+from cellseg.parallel import dask_scheduler, keep_heap_flat
+
+#: The devices that model backends run on, as the config schema names them.
+DEVICES = list(load_schema(CONFIG_SCHEMA)["properties"]["device"]["enum"])
 
 
 def _channel(value: str) -> int | str:
@@ -56,8 +63,9 @@ def _add_diameter(p: argparse.ArgumentParser) -> None:
         type=_diameter,
         metavar="UM|auto",
         help="typical nucleus diameter in µm, for the model backend; auto measures it "
-        "with the model on sample crops (default: no rescaling; the shipped models "
-        "cover nuclei of about 8-64 px across)",
+        "with the model on sample crops and rescales nuclei to about 24 px (default: "
+        "auto when the file states no pixel size, else no rescaling; the shipped "
+        "models cover nuclei of about 12-48 px across)",
     )
 
 
@@ -66,10 +74,10 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
         "--tile-size",
         type=int,
         nargs="+",
-        default=[512],
+        default=[DEFAULTS["tile_size"]],
         metavar="N",
         help="tile core edge in pixels (voxels in 3D), one value or one per axis "
-        "(default 512; a size at least the scan's gives one tile)",
+        f"(default {DEFAULTS['tile_size']}; a size at least the scan's gives one tile)",
     )
     p.add_argument(
         "--overlap",
@@ -81,33 +89,33 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tiles-per-batch",
         type=int,
-        default=16,
+        default=DEFAULTS["tiles_per_batch"],
         metavar="N",
-        help="tiles per batch file / workflow job (default 16)",
+        help=f"tiles per batch file / workflow job (default {DEFAULTS['tiles_per_batch']})",
     )
 
 
 def _add_backend_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     p.add_argument(
         "--backend",
-        help="segmentation backend: model (a trained network; the default) or classical"
-        + ("" if defaults else "; default: the plan's"),
+        help="segmentation backend, by its registered name: model (a trained network; "
+        "the default) or classical" + ("" if defaults else "; default: the plan's"),
     )
     p.add_argument(
         "--model", metavar="NAME|PATH", help="shipped model name or model folder (backend model)"
     )
     p.add_argument(
         "--device",
-        default="auto",
-        choices=["auto", "cpu", "cuda"],
-        help="where model backends run (default auto: cuda when present)",
+        default=DEFAULTS["device"],
+        choices=DEVICES,
+        help=f"where model backends run (default {DEFAULTS['device']}: cuda when present)",
     )
     p.add_argument(
         "--batch-size",
         type=int,
-        default=4,
+        default=DEFAULTS["batch_size"],
         metavar="N",
-        help="tiles per backend call / forward pass (default 4)",
+        help=f"tiles per backend call / forward pass (default {DEFAULTS['batch_size']})",
     )
     p.add_argument(
         "--threads",
@@ -136,8 +144,6 @@ def _add_dask_options(p: argparse.ArgumentParser, threads: bool = True) -> None:
 
 def _dask_context(args: argparse.Namespace):
     """The dask scheduler of a command: ``--scheduler`` where it has one, else local threads."""
-    from cellseg.parallel import dask_scheduler
-
     return dask_scheduler(getattr(args, "threads", None), getattr(args, "scheduler", None))
 
 
@@ -264,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("train", help="train or fine-tune a model from a YAML config")
-    p.add_argument("config", type=Path, help="training config (see cellseg.train)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("config", type=Path, help="training config (see cellseg.segmentation.training)")
+    p.add_argument("--device", default=DEFAULTS["device"], choices=DEVICES)
 
     p = sub.add_parser("evaluate", help="instance matching of a prediction against truth")
     p.add_argument("gt", type=Path, help="ground-truth label image")
@@ -282,11 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cellseg import pipeline
+    from cellseg import stages  # the stages import every library: only when a command runs
 
     show = not args.quiet
     if args.command == "segment":
-        out = pipeline.segment(
+        out = stages.segment(
             args.input,
             args.outdir,
             tile_size=_tile_size(args.tile_size),
@@ -310,7 +316,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"table:  {out['table']}")
         print(f"report: {out['report']}")
     elif args.command == "ingest":
-        info = pipeline.ingest(
+        info = stages.ingest(
             args.input,
             args.outdir,
             name=args.name,
@@ -320,7 +326,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(Path(args.outdir) / info["image"])
     elif args.command == "plan":
-        content = pipeline.plan(
+        content = stages.plan(
             args.outdir,
             tile_size=_tile_size(args.tile_size),
             overlap=args.overlap,
@@ -331,7 +337,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(f"{len(content['tiles'])} tiles in {len(content['batches'])} batches")
     elif args.command == "segment-tiles":
-        path = pipeline.segment_tiles(
+        path = stages.segment_tiles(
             args.outdir,
             args.batch,
             backend=args.backend,
@@ -344,11 +350,11 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(path)
     elif args.command == "stitch":
-        summary = pipeline.stitch(args.outdir, show_progress=show, force=args.force)
+        summary = stages.stitch(args.outdir, show_progress=show, force=args.force)
         print(f"{summary['n_cells']} cells -> {summary['labels']}")
     elif args.command == "measure":
         print(
-            pipeline.measure(
+            stages.measure(
                 args.outdir,
                 labels=args.labels,
                 threads=args.threads,
@@ -371,22 +377,20 @@ def _run(args: argparse.Namespace) -> int:
                     "a scan's report is written to OUTDIR/report.html; give one OUTDIR, "
                     "or --run -o FILE for a report over several scans"
                 )
-            print(pipeline.report(args.outdirs[0]))
+            print(stages.report(args.outdirs[0]))
     elif args.command == "export":
         from cellseg.export import export_tables
 
         print(export_tables(args.inputs, args.output, fmt=args.format))
     elif args.command == "export-training":
-        from cellseg.training_data import export_training, read_training_index
+        from cellseg.review import export_training, read_training_index
 
         index = export_training(args.outdir, args.dest, pad=args.pad)
         print(f"{len(read_training_index(index.parent)['samples'])} samples -> {index}")
     elif args.command == "synth":
         from cellseg.synth import write_synthetic_scan
 
-        labels = args.labels or args.output.with_name(
-            pipeline.scan_name(args.output) + "_labels.tif"
-        )
+        labels = args.labels or args.output.with_name(scan_name(args.output) + "_labels.tif")
         shape = tuple(args.shape)
         if len(shape) not in (2, 3):
             raise CellsegError(f"--shape takes 2 (Y X) or 3 (Z Y X) values, got {len(shape)}")
@@ -395,7 +399,7 @@ def _run(args: argparse.Namespace) -> int:
         print(img)
         print(lab)
     elif args.command == "train":
-        from cellseg.train import train
+        from cellseg.segmentation.training import train
 
         summary = train(args.config, device=args.device, show_progress=show)
         print(f"best validation AP50 {summary['best_val_ap50']:.3f} -> {summary['out']}")

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from cellseg.errors import InputError
+from cellseg.io import open_labels, read_scan
 from cellseg.metrics import DEFAULT_THRESHOLDS, error_counts, matching_table
 
 
 def read_label_image(path: str | Path) -> np.ndarray:
     """Read a label image: a file, an OME-Zarr scan (its ``labels/cells``) or a result folder."""
-    from cellseg.io import open_labels, read_scan
-
     path = Path(path)
     if path.is_dir() and not (path / "labels").exists():
         images = sorted(path.glob("*.ome.zarr"))

@@ -19,16 +19,16 @@ Every output is written to a temporary name and renamed when complete.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from cellseg.atomic import atomic_path
 from cellseg.errors import InputError
+from cellseg.measure import Column, read_table_metadata, write_table
 
 FORMATS = ("csv", "anndata", "parquet")
 SUFFIX = {"csv": ".csv", "anndata": ".h5ad", "parquet": ".parquet"}
@@ -71,8 +71,6 @@ def read_tables(
     metadata : list of dict
         Each table's ``cellseg.*`` metadata (:func:`cellseg.measure.read_table_metadata`).
     """
-    from cellseg.measure import read_table_metadata
-
     files = [table_file(p) for p in paths]
     if not files:
         raise InputError("no cell table given")
@@ -108,18 +106,6 @@ def column_docs(metas: Sequence[dict[str, Any]]) -> dict[str, dict[str, str]]:
     return docs
 
 
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary sibling of `path` (same suffix) renamed to `path` when the block ends."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def to_anndata(table: pd.DataFrame, metas: Sequence[dict[str, Any]] = ()) -> Any:
     """An AnnData of a cell table: features in ``X``, the rest in ``obs``.
 
@@ -138,7 +124,7 @@ def to_anndata(table: pd.DataFrame, metas: Sequence[dict[str, Any]] = ()) -> Any
         when several scans are joined); ``obsm["spatial"]`` the centroids in µm
         as ``x, y[, z]``.
     """
-    import anndata as ad
+    import anndata as ad  # heavy (h5py, scipy.sparse, ...): only for this format
 
     docs = column_docs(metas)
     obs_cols = [c for c in table.columns if c in _OBS_COLUMNS or c.startswith(_OBS_PREFIXES)]
@@ -198,8 +184,6 @@ def export_tables(
     Path
         The written file.
     """
-    from cellseg.measure import Column, write_table
-
     if fmt is None:
         suffix = Path(output).suffix.lower() if output is not None else ".csv"
         fmt = {v: k for k, v in SUFFIX.items()}.get(suffix, "csv")
@@ -211,7 +195,7 @@ def export_tables(
         if fmt == "parquet":
             raise InputError("give an output path (-o) for a joined Parquet table")
     output = Path(output)
-    with _atomic(output) as tmp:
+    with atomic_path(output) as tmp:
         if fmt == "csv":
             table.to_csv(tmp, index=False)
         elif fmt == "anndata":

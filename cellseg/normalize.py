@@ -3,6 +3,14 @@
 Statistics are computed once per scan from a deterministic subsample and then
 used for every tile, so that neighbouring tiles normalise (and threshold) the
 same way and agree at their seams.
+
+The scale is set by the *typical nucleus*, not by the brightest pixels: the
+subsample is split into background and objects by Otsu's threshold of its
+log intensities above the background, each object's bright part (its 90th
+percentile) is taken, and the median over objects is the typical nucleus
+level. A few mitotic or apoptotic nuclei many times brighter than the rest,
+or saturated specks, are a few objects among many and barely move it, where
+they would set a high percentile of the pixels on their own.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from cellseg.errors import InputError
 
@@ -27,12 +36,73 @@ def subsample(image, max_samples: int = 4_000_000) -> np.ndarray:
 
 def _strided_sample(image, max_samples: int) -> np.ndarray:
     """:func:`subsample` in the image's own dtype, flattened."""
+    return _strided_grid(image, max_samples).ravel()
+
+
+def _strided_grid(image, max_samples: int) -> np.ndarray:
+    """Every ``stride``-th pixel along each axis (the same stride on all), as an array."""
     size = math.prod(image.shape)
     stride = max(1, math.ceil((size / max_samples) ** (1.0 / image.ndim)))
     sample = image[tuple(slice(None, None, stride) for _ in range(image.ndim))]
     if hasattr(sample, "compute"):
         sample = sample.compute()
-    return np.asarray(sample).ravel()
+    return np.asarray(sample)
+
+
+#: Share of a nucleus's pixels below its "bright part" level, and where the
+#: typical nucleus's bright part lands after normalisation.
+NUCLEUS_QUANTILE = 0.9
+NUCLEUS_LEVEL = 0.5
+#: Smallest object of the subsample that counts as a nucleus (pixels).
+MIN_OBJECT_SAMPLES = 9
+
+
+def nucleus_level(grid: np.ndarray, low: float, median: float) -> tuple[float, int]:
+    """Typical bright level of the objects of a subsample, and how many objects there are.
+
+    The objects are the connected parts above Otsu's threshold of
+    ``log1p((x - low) / (median - low))`` (log intensities relative to the
+    background, so a few very bright objects do not pull the threshold up);
+    the level is the median over objects of each object's
+    :data:`NUCLEUS_QUANTILE` quantile. Returns ``(nan, 0)`` when there is no object.
+
+    Parameters
+    ----------
+    grid : ndarray
+        The strided subsample, with its spatial layout (2D or 3D).
+    low, median : float
+        Background level (a low percentile) and the median of the subsample.
+
+    Examples
+    --------
+    >>> g = np.full((40, 40), 10.0); g[5:12, 5:12] = 100; g[20:27, 20:27] = 110
+    >>> g[30:37, 5:12] = 120; g[30:37, 30:37] = 5000  # one very bright object
+    >>> nucleus_level(g, 10.0, 10.0)
+    (115.0, 4)
+    """
+    from skimage.filters import threshold_otsu
+
+    x = np.asarray(grid, np.float64)
+    spread = max(float(median) - float(low), float(np.std(x)) * 1e-3, 1e-12)
+    y = np.log1p(np.maximum(x - low, 0.0) / spread)
+    if float(y.max()) <= float(y.min()):
+        return float("nan"), 0
+    mask = y > threshold_otsu(y, nbins=512)
+    labels, n = ndi.label(mask)
+    if n == 0:
+        return float("nan"), 0
+    flat_labels = labels.ravel()
+    order = np.lexsort((x.ravel(), flat_labels))
+    sorted_labels = flat_labels[order]
+    sorted_values = x.ravel()[order]
+    ids = np.arange(1, n + 1)
+    starts = np.searchsorted(sorted_labels, ids)
+    counts = np.searchsorted(sorted_labels, ids, side="right") - starts
+    big = counts >= MIN_OBJECT_SAMPLES
+    if not big.any():
+        return float("nan"), 0
+    at = starts[big] + np.floor(NUCLEUS_QUANTILE * (counts[big] - 1)).astype(np.int64)
+    return float(np.median(sorted_values[at])), int(big.sum())
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 1024) -> float:
@@ -71,15 +141,20 @@ def compute_scan_stats(image, *, source: str = "scan", max_samples: int = 4_000_
     -------
     dict
         ``percentiles`` (mapping of percentile to value), ``low`` and ``high``
-        (the 1st and 99.8th percentiles used for normalisation), ``mean``,
-        ``std``, ``min``, ``max`` and ``otsu`` (Otsu's threshold, raw units).
+        (the values :func:`normalize` maps to 0 and 1: the 1st percentile,
+        and the level at which the typical nucleus's bright part lands at
+        :data:`NUCLEUS_LEVEL`, see :func:`nucleus_level`; the 99.8th
+        percentile when the scan has no objects), ``nucleus_level`` and
+        ``n_objects`` (of the subsample), ``mean``, ``std``, ``min``, ``max``
+        and ``otsu`` (Otsu's threshold of the raw values, raw units).
 
     Raises
     ------
     InputError
         If the image contains NaN or infinite values or is constant.
     """
-    sample = _strided_sample(image, max_samples)
+    grid = _strided_grid(image, max_samples)
+    sample = grid.ravel()
     # 8- and 16-bit unsigned samples stay in their dtype (a quarter of the memory of
     # float64) where that gives the float64 results exactly: min, max and percentiles
     # are sample values or interpolated in float64 from them, sums of such integers
@@ -102,7 +177,13 @@ def compute_scan_stats(image, *, source: str = "scan", max_samples: int = 4_000_
             "check that the right file and channel were given."
         )
     pct = np.percentile(values, PERCENTILES)
-    low, high = float(pct[1]), float(pct[-1])
+    low = float(pct[1])
+    level, n_objects = nucleus_level(grid, low, float(pct[3]))
+    del grid
+    if n_objects and level > low:
+        high = low + (level - low) / NUCLEUS_LEVEL
+    else:
+        high = float(pct[-1])
     if high <= low:
         low, high = lo_v, hi_v
     mean = float(values.mean())
@@ -116,6 +197,8 @@ def compute_scan_stats(image, *, source: str = "scan", max_samples: int = 4_000_
         "min": lo_v,
         "max": hi_v,
         "otsu": otsu,
+        "nucleus_level": level if n_objects else None,
+        "n_objects": n_objects,
         "n_samples": int(values.size),
     }
 

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import dask
+import dask.threaded
 
 from cellseg.errors import ConfigError
 
@@ -51,8 +55,6 @@ def dask_scheduler(threads: int | None = None, address: str | None = None) -> It
         If `address` is given but ``distributed`` is not installed or the
         scheduler cannot be reached.
     """
-    import dask
-
     threads_token = _THREADS.set(threads)
     try:
         if not address:
@@ -79,8 +81,6 @@ def local_threads() -> Iterator[None]:
     handles, which cannot be sent to dask.distributed workers. Outside a
     :func:`dask_scheduler` block with an address this changes nothing.
     """
-    import dask
-
     if _CLIENT.get() is None:
         yield
         return
@@ -100,14 +100,29 @@ def _local_config(workers: int) -> dict[str, Any]:
     method is named: otherwise dask imports dask.distributed, when it is
     installed, to look for a client (some 10 MB in every process).
     """
-    import dask.threaded
-
     return {"scheduler": dask.threaded.get, "num_workers": workers, "array.rechunk.method": "tasks"}
 
 
 def connect(address: str) -> Any:
-    """A ``distributed.Client`` connected to the scheduler at `address`."""
+    """A ``distributed.Client`` connected to the scheduler at `address`.
+
+    Parameters
+    ----------
+    address : str
+        Address of a running dask.distributed scheduler, e.g. ``tcp://10.0.0.5:8786``.
+
+    Returns
+    -------
+    distributed.Client
+        A client that is not made the default one.
+
+    Raises
+    ------
+    ConfigError
+        If ``distributed`` is not installed or the scheduler cannot be reached.
+    """
     try:
+        # optional dependency, needed only with a scheduler address
         from distributed import Client
     except ImportError:
         raise ConfigError(
@@ -178,8 +193,6 @@ def keep_heap_flat(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     bool
         Whether the threshold was set (False off glibc).
     """
-    import ctypes
-
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
@@ -194,8 +207,6 @@ def trim_heap() -> None:
     For a stage that is done with a large working set made of many small
     blocks, before it starts on something else.
     """
-    import ctypes
-
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):

@@ -16,9 +16,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cellseg.atomic import atomic_write_bytes
+from cellseg.config import SCAN_NAME_PATTERN
 from cellseg.errors import ConfigError
+from cellseg.layout import scan_name
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+#: A scan name's characters, those that the config schema's pattern for scan names allows.
+NAME_CHARS = re.fullmatch(r"\^\[(.+)\]\+\$", SCAN_NAME_PATTERN).group(1)
+#: A character that a scan name may not contain.
+UNSAFE_CHAR = re.compile(f"[^{NAME_CHARS}]")
 # Per-pattern settings copied onto every scan that the pattern matches.
 INPUT_SETTINGS = ("pixel_size", "channel", "tile_size", "overlap", "diameter")
 # The workflow's stages in order, as named by their log files.
@@ -28,7 +34,9 @@ STAGES = ("synth", "ingest", "plan", "segment_tiles", "stitch", "measure", "repo
 def scan_name_of(path: str | os.PathLike[str]) -> str:
     """Scan name of a file: its name without the image extensions, made safe.
 
-    Characters other than letters, digits, ``_``, ``.`` and ``-`` become ``_``.
+    The image extensions are those of :data:`cellseg.layout.SCAN_SUFFIXES`;
+    characters other than letters, digits, ``_``, ``.`` and ``-`` (those that
+    the config schema allows in a scan's name) become ``_``.
 
     Examples
     --------
@@ -37,10 +45,8 @@ def scan_name_of(path: str | os.PathLike[str]) -> str:
     >>> scan_name_of("/data/embryo (2).zarr")
     'embryo__2_'
     """
-    from cellseg.pipeline import scan_name
-
     name = scan_name(Path(os.fspath(path).rstrip("/\\")))
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "scan"
+    return UNSAFE_CHAR.sub("_", name) or "scan"
 
 
 def expand_scans(
@@ -265,8 +271,6 @@ def format_summary(outcomes: list[ScanOutcome]) -> str:
 
 def write_summary(path: str | os.PathLike[str], outcomes: list[ScanOutcome]) -> None:
     """Write the outcomes as a tab-separated table, atomically."""
-    from cellseg.io import atomic_write_bytes
-
     header = "scan\tstatus\tn_cells\tstage\tmessage\tlog"
     rows = [
         "\t".join(

@@ -123,7 +123,7 @@ class Candidates:
         """Write to a compressed ``.npz``, atomically."""
         import io as _io
 
-        from cellseg.io import atomic_write_bytes
+        from cellseg.atomic import atomic_write_bytes
 
         buf = _io.BytesIO()
         arrays = {f: getattr(self, f) for f in self.FIELDS}

@@ -404,7 +404,7 @@ def resolve_candidates(
     -------
     StitchResult
     """
-    from cellseg.pipeline import progress
+    from cellseg.progress import progress
 
     n = len(source)
     nd = len(core_shape)
@@ -637,7 +637,7 @@ def paint_tiles(
     show_progress: bool = False,
 ) -> Iterator[tuple[Tile, np.ndarray]]:
     """Each tile with the labels of its core, tiles in order."""
-    from cellseg.pipeline import progress
+    from cellseg.progress import progress
 
     neighbours = _sweep_neighbours(source, tiles, core_shape)
     for t in progress(sorted(tiles, key=lambda t: t.index), desc="stitch", enabled=show_progress):

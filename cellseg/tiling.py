@@ -1,9 +1,16 @@
-"""Tile geometry: a grid of core boxes, each grown by a halo.
+"""Tile geometry and boxes: a grid of core boxes, each grown by a halo.
 
 The cores partition the scan and are aligned to the label image's chunks (the
 chunk shape *is* the core shape), so each tile paints its own chunks and
 writes never overlap. The halo gives each tile the context it needs so that a
 cell whose anchor lies in the core is seen whole.
+
+Boxes are tuples of ``(start, stop)`` pairs in pixel (voxel) indices of the
+full-resolution scan, one pair per spatial axis, stop exclusive. The box
+geometry that tiles, stitching and review share is here: :func:`box_slices`,
+:func:`clip_box`, :func:`grow_box`, :func:`union_box`,
+:func:`boxes_intersect`, :func:`box_intersection`, :func:`box_from_json` and
+:func:`merge_boxes`.
 """
 
 from __future__ import annotations
@@ -12,9 +19,13 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from cellseg.errors import ConfigError
 
+#: A box: one ``(start, stop)`` pair per spatial axis, in pixels, stop exclusive.
 Box = tuple[tuple[int, int], ...]
 
 
@@ -187,8 +198,6 @@ def coord_dtype(shape: Sequence[int]) -> type:
     >>> coord_dtype((128, 2048, 2048)).__name__
     'int32'
     """
-    import numpy as np
-
     return np.int32 if max(shape, default=0) < 2**31 else np.int64
 
 
@@ -206,8 +215,6 @@ def box_dtype(shape: Sequence[int]) -> type:
     >>> box_dtype((70_000, 10)).__name__
     'int32'
     """
-    import numpy as np
-
     return np.uint16 if max(shape, default=0) < 2**16 - 1 else coord_dtype(shape)
 
 
@@ -227,9 +234,120 @@ def batch_tiles(n_tiles: int, tiles_per_batch: int) -> dict[str, list[int]]:
     }
 
 
+# ----------------------------------------------------------------------------- boxes
+def box_slices(box: Box) -> tuple[slice, ...]:
+    """Slices of a box.
+
+    Examples
+    --------
+    >>> box_slices(((1, 3), (0, 5)))
+    (slice(1, 3, None), slice(0, 5, None))
+    """
+    return tuple(slice(int(a), int(b)) for a, b in box)
+
+
+def clip_box(box: Box, shape: Sequence[int]) -> Box:
+    """Clip a box to ``[0, shape)`` per axis.
+
+    Examples
+    --------
+    >>> clip_box(((-2, 5), (3, 12)), (4, 10))
+    ((0, 4), (3, 10))
+    """
+    return tuple(
+        (min(max(int(a), 0), int(n)), min(max(int(b), 0), int(n))) for (a, b), n in zip(box, shape)
+    )
+
+
+def grow_box(box: Box, margin: int | Sequence[int], shape: Sequence[int]) -> Box:
+    """Grow a box by `margin` pixels on every side (one value or one per axis), clipped.
+
+    Examples
+    --------
+    >>> grow_box(((2, 4), (5, 6)), (1, 3), (10, 8))
+    ((1, 5), (2, 8))
+    """
+    margins = [int(margin)] * len(box) if np.isscalar(margin) else [int(m) for m in margin]
+    return clip_box(tuple((a - m, b + m) for (a, b), m in zip(box, margins)), shape)
+
+
+def union_box(a: Box, b: Box) -> Box:
+    """The smallest box holding both boxes.
+
+    Examples
+    --------
+    >>> union_box(((0, 2), (5, 6)), ((1, 4), (0, 1)))
+    ((0, 4), (0, 6))
+    """
+    return tuple((min(a0, b0), max(a1, b1)) for (a0, a1), (b0, b1) in zip(a, b))
+
+
+def boxes_intersect(a: Box, b: Box) -> bool:
+    """Whether two boxes share at least one pixel.
+
+    Examples
+    --------
+    >>> boxes_intersect(((0, 2), (0, 2)), ((1, 3), (2, 4)))
+    False
+    """
+    return all(a0 < b1 and b0 < a1 for (a0, a1), (b0, b1) in zip(a, b))
+
+
 def box_intersection(a: Box, b: Box) -> Box | None:
-    """Intersection of two boxes, or None when they do not overlap."""
+    """Intersection of two boxes, or None when they do not overlap.
+
+    Examples
+    --------
+    >>> box_intersection(((0, 4), (0, 4)), ((2, 6), (1, 3)))
+    ((2, 4), (1, 3))
+    """
     out = tuple((max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(a, b))
     if any(lo >= hi for lo, hi in out):
         return None
     return out
+
+
+def box_from_json(value: Sequence[Sequence[int]]) -> Box:
+    """A box from its JSON form ``[[start, stop], ...]``.
+
+    Examples
+    --------
+    >>> box_from_json([[0, 4], [2, 6]])
+    ((0, 4), (2, 6))
+    """
+    return tuple((int(a), int(b)) for a, b in value)
+
+
+def merge_boxes(boxes: dict[Any, Box]) -> list[tuple[Box, list[Any]]]:
+    """Join overlapping boxes until none overlap.
+
+    Parameters
+    ----------
+    boxes : dict
+        Boxes by key.
+
+    Returns
+    -------
+    list of (box, keys)
+        Each joined box (the union of its members) with the keys it holds, sorted.
+
+    Examples
+    --------
+    >>> merge_boxes({1: ((0, 4), (0, 4)), 2: ((3, 6), (3, 6)), 3: ((9, 10), (0, 1))})
+    [(((0, 6), (0, 6)), [1, 2]), (((9, 10), (0, 1)), [3])]
+    """
+    clusters: list[tuple[Box, list[Any]]] = []
+    for cid, box in sorted(boxes.items()):
+        members = [cid]
+        merged = True
+        while merged:
+            merged = False
+            for k, (other, ids) in enumerate(clusters):
+                if boxes_intersect(box, other):
+                    box = union_box(box, other)
+                    members += ids
+                    del clusters[k]
+                    merged = True
+                    break
+        clusters.append((box, sorted(members)))
+    return sorted(clusters)

@@ -24,7 +24,7 @@ def make_screenshot(output: Path) -> Path:
     from qtpy.QtWidgets import QApplication
 
     from cellseg.napari._widget import camera
-    from cellseg.pipeline import segment
+    from cellseg.stages import segment
     from cellseg.synth import write_synthetic_scan
 
     def settle() -> None:

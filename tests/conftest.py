@@ -63,13 +63,13 @@ def disk_scene(shape=(256, 256), spacing=(0.5, 0.5)):
 # ----------------------------------------------------------------------------- review results
 def _segmented(root, name, shape, tile, pyramid_edge, seed):
     """Segment a synthetic scan into ``root/name`` with a pyramid of several levels."""
-    import cellseg.io
-    from cellseg.pipeline import segment
+    import cellseg.io.omezarr
+    from cellseg.stages import segment
     from cellseg.synth import write_synthetic_scan
 
     scan, _ = write_synthetic_scan(root / f"{name}.ome.tif", None, shape=shape, seed=seed)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cellseg.io, "PYRAMID_MAX_EDGE", pyramid_edge)
+        mp.setattr(cellseg.io.omezarr, "PYRAMID_MAX_EDGE", pyramid_edge)
         segment(scan, root / name, tile_size=tile, backend="classical", show_progress=False)
     return root / name
 

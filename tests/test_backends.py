@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-import cellseg.backends as backends
-from cellseg.backends import distance_map
+import cellseg.segmentation.distance as distance
+from cellseg.segmentation.distance import distance_map
 
 
 @pytest.mark.parametrize("slab", [1, 7, 1 << 20])
@@ -13,7 +13,7 @@ from cellseg.backends import distance_map
 )
 def test_distance_map_equals_scipy_bit_for_bit(monkeypatch, shape, spacing, slab):
     # slabs of one row, of a few rows and of the whole image give scipy's float32 values
-    monkeypatch.setattr(backends, "_DISTANCE_SLAB", slab * int(np.prod(shape[1:])))
+    monkeypatch.setattr(distance, "_DISTANCE_SLAB", slab * int(np.prod(shape[1:])))
     rng = np.random.default_rng(len(shape) + slab)
     for fraction in (0.0, 0.4, 0.9, 1.0):
         mask = ndi.binary_opening(rng.random(shape) < fraction) if fraction < 1 else np.ones(shape)

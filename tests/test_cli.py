@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg.cli import main
+from cellseg import stages
+from cellseg.cli import build_parser, main
+from cellseg.config import DEFAULTS, load_schema
 from cellseg.io import open_image, open_labels
 from cellseg.metrics import match_instances
 from cellseg.synth import write_synthetic_scan
@@ -202,3 +206,17 @@ def test_bad_inputs_give_one_clear_error(tmp_path, capsys, scan2d_file):
 
     # nothing of the input was modified
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.parquet"))
+
+
+def test_defaults_come_from_the_config_schema():
+    """The command line's options and the stage functions' keywords share the schema's defaults."""
+    schema = load_schema()["properties"]
+    args = build_parser().parse_args(["segment", "scan.tif", "-o", "out"])
+    assert args.tile_size == [schema["tile_size"]["default"]] == [DEFAULTS["tile_size"]]
+    assert args.tiles_per_batch == schema["tiles_per_batch"]["default"]
+    assert args.batch_size == schema["batch_size"]["default"]
+    assert args.device == schema["device"]["default"]
+    for fn in (stages.segment, stages.plan, stages.segment_tiles, stages.segment_array):
+        for key, param in inspect.signature(fn).parameters.items():
+            if key in ("tile_size", "tiles_per_batch", "batch_size", "device", "overlap"):
+                assert param.default == DEFAULTS[key], (fn.__name__, key)

@@ -11,10 +11,14 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
-from cellseg import corrections as C
+import cellseg.measure
+from cellseg import review as C
 from cellseg.cli import main
 from cellseg.io import open_labels, read_scan
-from cellseg.pipeline import measure
+from cellseg.review import tables
+from cellseg.review.tables import _table_metadata
+from cellseg.stages import measure
+from cellseg.tiling import box_from_json, box_slices, boxes_intersect, grow_box
 
 NEIGHBOUR_COLUMNS = {"n_neighbors", "nearest_neighbor_distance_um", "nearest_neighbor_id"}
 
@@ -72,7 +76,7 @@ def test_pyramid_boxes_follow_the_subsampling():
     for k, b in enumerate(C.pyramid_boxes(box, shapes)):
         coarse = level[:: 2**k, :: 2**k]
         changed = np.zeros(level.shape, bool)
-        changed[C.box_slices(box)] = True
+        changed[box_slices(box)] = True
         expected = np.argwhere(changed[:: 2**k, :: 2**k])
         assert tuple((int(a), int(c) + 1) for a, c in zip(expected.min(0), expected.max(0))) == b
         assert coarse.shape == shapes[k]
@@ -131,14 +135,14 @@ def _session(image: Path, table: pd.DataFrame, box):
     expected = _labels(image, "cells").copy()
     inside = _whole_inside(table, box, "yx")
     sizes = table.set_index("cell_id")["n_pixels"]
-    whole = [i for i in inside if ndi.label(expected[C.box_slices(box)] == i)[1] == 1]
+    whole = [i for i in inside if ndi.label(expected[box_slices(box)] == i)[1] == 1]
     split_id = int(max(whole, key=lambda i: (sizes[i], -i)))
     delete_id = int(min(i for i in inside if i != split_id))
-    merge = _touching_pair(expected[C.box_slices(box)], {split_id, delete_id}, inside)
-    rows, cols = np.nonzero(expected[C.box_slices(box)] == split_id)
-    cut = np.zeros(expected[C.box_slices(box)].shape, bool)
+    merge = _touching_pair(expected[box_slices(box)], {split_id, delete_id}, inside)
+    rows, cols = np.nonzero(expected[box_slices(box)] == split_id)
+    cut = np.zeros(expected[box_slices(box)].shape, bool)
     cut[:, int(round(cols.mean()))] = True
-    square = _background_square(expected[C.box_slices(box)], 5)
+    square = _background_square(expected[box_slices(box)], 5)
     paint = np.zeros(cut.shape, bool)
     paint[square] = True
     steps = [
@@ -153,7 +157,7 @@ def _session(image: Path, table: pd.DataFrame, box):
         records.append(
             C.apply_edit(image, box, edit(before), before=before, user="tester", action=action)
         )
-        expected[C.box_slices(box)] = edit(expected[C.box_slices(box)])
+        expected[box_slices(box)] = edit(expected[box_slices(box)])
     ids = {"delete": delete_id, "merge": merge, "split": split_id, "new": first_new}
     return expected, records, ids
 
@@ -205,7 +209,7 @@ def test_scripted_correction_session(result2d, copy_result):
     path = measure(outdir, labels=C.CORRECTED, show_progress=False)
     assert path == outdir / "cells_corrected.parquet"
     assert (outdir / "cells.parquet").read_bytes() == original_table
-    meta = C._table_metadata(path)
+    meta = _table_metadata(path)
     assert meta["cellseg.labels"] == C.CORRECTED
     assert meta["cellseg.base_table"] == "cells.parquet" and meta["cellseg.edits"] == "4"
     corrected = pd.read_parquet(path)
@@ -213,7 +217,7 @@ def test_scripted_correction_session(result2d, copy_result):
     assert set(corrected["cell_id"]) == set(table["cell_id"]) - {ids["delete"], b} | {new, new + 1}
     old = table.set_index("cell_id")
     now = corrected.set_index("cell_id")
-    ring = C.grow_box(box, 4, shape)  # ring width 2 µm = 4 px
+    ring = grow_box(box, 4, shape)  # ring width 2 µm = 4 px
     near = set(C.cells_in_box(table, ring, "yx").tolist())
     for cid in sorted(set(old.index) & set(now.index)):
         differ = {c for c in old.columns if not _same(old.at[cid, c], now.at[cid, c])}
@@ -226,7 +230,7 @@ def test_scripted_correction_session(result2d, copy_result):
     (outdir / "cells.parquet").rename(outdir / "original.parquet")
     measure(outdir, labels=C.CORRECTED, show_progress=False)  # no table to start from: all
     full = pd.read_parquet(outdir / "cells_corrected.parquet")
-    assert C._table_metadata(outdir / "cells_corrected.parquet")["cellseg.base_table"] == ""
+    assert _table_metadata(outdir / "cells_corrected.parquet")["cellseg.base_table"] == ""
     pd.testing.assert_frame_equal(pd.read_parquet(outdir / "incremental.parquet"), full)
 
 
@@ -244,15 +248,15 @@ def test_remeasure_reads_only_the_affected_crops(result2d, copy_result, monkeypa
     before = C.read_region(image, box)
     cid = int(np.unique(before[before > 0])[0])
     C.apply_edit(image, box, C.delete_cells(before, [cid]), before=before)
-    import cellseg.measure
-
     shapes = []
-    real = cellseg.measure.measure_cells
-    monkeypatch.setattr(
-        cellseg.measure,
-        "measure_cells",
-        lambda labels, *a, **k: shapes.append(labels.shape) or real(labels, *a, **k),
-    )
+    real = tables.measure_cells
+    # a full measurement (the measure stage) and a re-measurement (review) both counted
+    for module in (cellseg.measure, tables):
+        monkeypatch.setattr(
+            module,
+            "measure_cells",
+            lambda labels, *a, **k: shapes.append(labels.shape) or real(labels, *a, **k),
+        )
     measure(outdir, labels=C.CORRECTED, show_progress=False)
     assert shapes and all(np.prod(s) < 200 * 200 / 2 for s in shapes), shapes
     # a second edit starts from the corrected table, and only its cells are measured again
@@ -262,8 +266,8 @@ def test_remeasure_reads_only_the_affected_crops(result2d, copy_result, monkeypa
     other = _whole_inside(table, box2, "yx")[-1]
     C.apply_edit(image, box2, C.delete_cells(before, [other]), before=before)
     path = measure(outdir, labels=C.CORRECTED, show_progress=False)
-    assert C._table_metadata(path)["cellseg.base_table"] == "cells_corrected.parquet"
-    assert C._table_metadata(path)["cellseg.edited_cells"] == "1"
+    assert _table_metadata(path)["cellseg.base_table"] == "cells_corrected.parquet"
+    assert _table_metadata(path)["cellseg.edited_cells"] == "1"
     assert other not in set(pd.read_parquet(path)["cell_id"])
     assert shapes and all(np.prod(s) < 200 * 200 / 2 for s in shapes)
     # up to date: nothing is measured
@@ -272,7 +276,7 @@ def test_remeasure_reads_only_the_affected_crops(result2d, copy_result, monkeypa
     assert shapes == []
     # measured another way (ring width): no previous table fits, all is measured again
     path = measure(outdir, labels=C.CORRECTED, ring_width_um=3.0, show_progress=False)
-    assert C._table_metadata(path)["cellseg.base_table"] == ""
+    assert _table_metadata(path)["cellseg.base_table"] == ""
     assert shapes == [(200, 200)]
 
 
@@ -300,7 +304,7 @@ def test_pyramid_is_updated_for_the_edited_region_only(result2d, copy_result):
         chunk = levels[int(k)].chunks
         block = tuple((int(n) * c, (int(n) + 1) * c) for n, c in zip((i, j), chunk))
         if path in rewritten:
-            assert C.boxes_intersect(block, touched[int(k)]), path
+            assert boxes_intersect(block, touched[int(k)]), path
     full = _labels(image, C.CORRECTED)
     for k in range(len(levels)):
         assert np.array_equal(_labels(image, C.CORRECTED, k), full[:: 2**k, :: 2**k])
@@ -365,7 +369,7 @@ def test_correction_session_3d(result3d, copy_result):
     assert record["removed"] == [victim] and record["added"] == [new]
     expected = full.copy()
     expected[expected == victim] = 0
-    region = expected[C.box_slices(box)]
+    region = expected[box_slices(box)]
     region[blob & (region == 0)] = new
     assert np.array_equal(_labels(image, C.CORRECTED), expected)
     assert np.array_equal(_labels(image, C.CORRECTED, 1), expected[:, ::2, ::2])
@@ -430,7 +434,7 @@ def test_cli_measure_corrected_and_export_training(result2d, copy_result, tmp_pa
     for sample in index["samples"]:
         img = read_scan(dest / sample["image"])
         lab = read_scan(dest / sample["labels"])
-        region = C.box_slices(C.box_from_json(sample["region"]))
+        region = box_slices(box_from_json(sample["region"]))
         assert img.spacing == lab.spacing == (0.5, 0.5) and img.axes == "yx"
         assert np.array_equal(np.asarray(img.data[0]), pixels[region])
         assert np.array_equal(np.asarray(lab.data[0]), corrected[region])
@@ -450,6 +454,6 @@ def test_cli_measure_corrected_and_export_training(result2d, copy_result, tmp_pa
     assert samples[1]["region"] == [[0, 200], [0, 200]] and samples[1]["edits"] == [1, 2, 3]
     assert sorted(p.name for p in (dest / "images").iterdir()) == ["slide_000.tif"]
 
-    from cellseg.train import folder_pairs
+    from cellseg.segmentation.training import folder_pairs
 
     assert [p.name for p, _ in folder_pairs(dest)] == ["slide_000.tif"]

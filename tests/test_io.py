@@ -1,4 +1,4 @@
-"""Tests for cellseg.io: reading scans, OME-Zarr images and labels, atomic writes."""
+"""Tests for cellseg.io: reading scans, the format registry, OME-Zarr images and labels."""
 
 from __future__ import annotations
 
@@ -19,7 +19,11 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
 from cellseg import io
+from cellseg.atomic import atomic_write_bytes, atomic_write_json
 from cellseg.errors import InputError
+from cellseg.io.omezarr import _halved
+from cellseg.io.readers import READERS, find_reader, supported_formats
+from cellseg.layout import SCAN_SUFFIXES
 
 RNG = np.random.default_rng(0)
 
@@ -482,6 +486,31 @@ def test_bad_input_messages_say_what_is_wrong(tmp_path):
             io.read_scan(cases[case])
 
 
+def test_reader_registry_picks_readers_by_name_and_lists_formats(tmp_path):
+    for name, expected in {"a.ome.TIF": "tiff", "b.tiff": "tiff", "c.npy": "npy"}.items():
+        (tmp_path / name).write_bytes(b"")
+        assert find_reader(tmp_path / name).name == expected
+    store = tmp_path / "store.ome.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_text("{}")
+    assert find_reader(store).name == "zarr"
+    assert supported_formats() == (
+        "TIFF / OME-TIFF / ImageJ TIFF (.tif, .tiff), Zarr / OME-Zarr (.zarr), NumPy (.npy)"
+    )
+    (tmp_path / "file.zarr").write_bytes(b"")
+    with pytest.raises(InputError, match="a Zarr store must be a directory; this is a file"):
+        find_reader(tmp_path / "file.zarr")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(InputError, match=r"not a Zarr store \(no zarr.json, .zgroup or .zarray"):
+        find_reader(tmp_path / "folder")
+
+
+def test_every_scan_suffix_has_a_reader_and_every_reader_a_scan_suffix():
+    """``cellseg.layout.SCAN_SUFFIXES`` (scan names) and the reader registry agree."""
+    extensions = {"." + suffix.rsplit(".", 1)[-1] for suffix in SCAN_SUFFIXES}
+    assert extensions == {suffix for reader in READERS for suffix in reader.suffixes}
+
+
 def test_open_image_rejects_non_ome_zarr(tmp_path):
     path = tmp_path / "plain.zarr"
     zarr.create_array(str(path), shape=(4, 4), dtype="u1")
@@ -733,20 +762,20 @@ def test_failed_write_keeps_existing_output(tmp_path):
 def test_atomic_write_json_and_bytes(tmp_path):
     path = tmp_path / "work" / "ingest.json"
     obj = {"shape": (3, 4), "spacing": np.array([0.5, 0.25]), "n": np.int64(7), "p": Path("a")}
-    io.atomic_write_json(path, obj)
+    atomic_write_json(path, obj)
     assert json.loads(path.read_text()) == {
         "shape": [3, 4],
         "spacing": [0.5, 0.25],
         "n": 7,
         "p": "a",
     }
-    io.atomic_write_json(path, {"unit": "µm"})
+    atomic_write_json(path, {"unit": "µm"})
     assert json.loads(path.read_text(encoding="utf-8")) == {"unit": "µm"}
-    io.atomic_write_bytes(path, b"raw")
+    atomic_write_bytes(path, b"raw")
     assert path.read_bytes() == b"raw"
     assert [p.name for p in path.parent.iterdir()] == ["ingest.json"]
     with pytest.raises(TypeError):
-        io.atomic_write_json(path, {"bad": object()})
+        atomic_write_json(path, {"bad": object()})
     assert path.read_bytes() == b"raw"
     assert [p.name for p in path.parent.iterdir()] == ["ingest.json"]
 
@@ -761,8 +790,6 @@ def test_atomic_write_json_and_bytes(tmp_path):
 )
 def test_halved_level_reads_chunk_by_chunk_and_equals_subsampling(shape, source_chunks, chunks):
     import zarr
-
-    from cellseg.io import _halved
 
     labels = np.random.default_rng(1).integers(0, 1000, shape).astype(np.uint32)
     source = zarr.create_array(store={}, shape=shape, chunks=source_chunks, dtype=labels.dtype)

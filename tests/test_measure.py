@@ -6,10 +6,13 @@ import math
 import re
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from skimage.measure import regionprops
 
 from cellseg.measure import (
     channel_keys,
@@ -20,6 +23,7 @@ from cellseg.measure import (
     read_table_metadata,
     write_table,
 )
+from cellseg.measure.neighbours import Neighbors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,8 +116,6 @@ def test_ellipse_axes_and_orientation():
     assert row["feret_diameter_min_um"] == pytest.approx(2 * b + 1, abs=0.8)
     assert row["solidity"] == 1.0
     # the same convention as scikit-image
-    from skimage.measure import regionprops
-
     props = regionprops(mask.astype(np.uint8))[0]
     assert row["orientation_deg"] == pytest.approx(math.degrees(props.orientation), abs=1e-6)
     assert row["major_axis_length_um"] == pytest.approx(props.axis_major_length)
@@ -258,8 +260,6 @@ def test_neighbor_features_edge_cases():
 
 def test_neighbours_range_by_range_equal_a_brute_force_search():
     """Ranges of ids scattered in space, lone cells and twins at one centroid."""
-    from cellseg.measure import _Neighbors
-
     rng = np.random.default_rng(3)
     pts = np.concatenate(
         [
@@ -271,7 +271,7 @@ def test_neighbours_range_by_range_equal_a_brute_force_search():
     pts = pts[rng.permutation(len(pts))]
     ids = np.arange(1, len(pts) + 1) * 3
     radius = 25.0
-    nb = _Neighbors(lambda lo, hi: pts[lo:hi], ids, radius)
+    nb = Neighbors(lambda lo, hi: pts[lo:hi], ids, radius)
     nb.SCAN_ROWS = 37
     parts = [nb.block(lo, min(len(pts), lo + 17)) for lo in range(0, len(pts), 17)]
     count, dist, nearest = (np.concatenate(p) for p in zip(*parts))
@@ -388,8 +388,6 @@ def test_chunked_equals_whole(ndim, scan2d, scan3d):
     chunks = (48, 40) if ndim == 2 else (6, 32, 40)
     chunked = measure_cells(labels, channels, spacing=spacing, chunks=chunks, threads=2)
     pd.testing.assert_frame_equal(whole, chunked, check_exact=True)
-    import dask.array as da
-
     lazy = measure_cells(
         da.from_array(labels, chunks=chunks),
         da.from_array(channels, chunks=(1, *chunks)),
@@ -507,8 +505,6 @@ def test_reads_are_bounded_by_a_chunk_and_its_cells(scan2d):
 
 def test_table_columns_read_by_row_group_equal_pandas(tmp_path):
     """Columns read a row group at a time: pandas' frame, missing values included."""
-    import pyarrow as pa
-
     n = 50
     table = pa.table(
         {

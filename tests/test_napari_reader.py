@@ -121,7 +121,7 @@ def test_viewer_opens_3d_result(make_napari_viewer, result3d):
 def test_multichannel_scan_opens_one_layer_per_channel(make_napari_viewer, tmp_path):
     import tifffile
 
-    from cellseg.pipeline import segment
+    from cellseg.stages import segment
     from cellseg.synth import synthesize_scan
 
     nuclei, _ = synthesize_scan((96, 96), spacing=(0.5, 0.5), seed=2)
@@ -231,7 +231,7 @@ def test_core_and_reader_import_without_napari_or_qt():
     import sys
 
     code = (
-        "import sys, cellseg.cli, cellseg.corrections, cellseg.training_data, "
+        "import sys, cellseg.cli, cellseg.review, "
         "cellseg.napari._reader, cellseg.napari._review, cellseg.napari._sample_data\n"
         "heavy = sorted(m for m in ('napari', 'qtpy', 'PyQt6', 'vispy') if m in sys.modules)\n"
         "sys.exit(str(heavy) if heavy else 0)"

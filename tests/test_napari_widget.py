@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg import corrections as C
+from cellseg import review as C
 from cellseg.io import open_labels
 from cellseg.napari import _review
 

@@ -45,7 +45,7 @@ import sys
 import dask.array as da
 import numpy as np
 from cellseg import cli
-from cellseg.measure import _read
+from cellseg.measure.chunks import read_block as _read
 from cellseg.parallel import dask_scheduler
 
 out = sys.argv[1]

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg import pipeline
 from cellseg.cli import main
+from cellseg.layout import read_json
 from cellseg.measure import column_schema
 from cellseg.report import (
     expected_border_fraction,
@@ -188,10 +188,10 @@ def test_scan_report_is_written_with_its_figures(runs, scan):
     # run times of the stages, config, model and versions
     for stage in ("ingest", "plan", "segment_tiles", "stitch", "measure"):
         assert f"<th>{stage}</th>" in page
-    backend = pipeline.read_json(runs / scan / "work" / "tiles.json", "plan")["backend"]
+    backend = read_json(runs / scan / "work" / "tiles.json", "plan")["backend"]
     assert f"<th>backend</th><td>{backend['name']}</td>" in page
     assert "<th>scikit-image</th>" in page
-    summary = pipeline.read_json(runs / scan / "work" / "report.json", "report")
+    summary = read_json(runs / scan / "work" / "report.json", "report")
     table = pd.read_parquet(runs / scan / "cells.parquet")
     assert summary["summary"]["n_cells"] == len(table) > 10
     assert f"{len(table):,}" in page

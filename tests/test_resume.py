@@ -1,9 +1,10 @@
 """Kill and resume: kill -9 a run in the middle of a stage, rerun, get the same bytes.
 
 Runs are slowed down in one stage with ``CELLSEG_DEBUG_STAGE_DELAY`` (a sleep
-per progress step, see cellseg.pipeline.stage_delay) so that each kill lands
-while that stage is writing its output; the stage's log says when it is
-slowed down, and the tests wait for that line before killing. After each kill
+per progress step, added by tests/sitecustomize/sitecustomize.py, which these
+tests put on the runs' ``PYTHONPATH``) so that each kill lands while that stage
+is writing its output; the stage's log says when it is slowed down, and the
+tests wait for that line before killing. After each kill
 nothing may look complete that is not, and the final outputs must be byte for
 byte those of an uninterrupted run (``tiny_reference`` in conftest.py).
 """
@@ -36,13 +37,16 @@ from workflow_helpers import (
 
 DELAY_S = "0.4"  # per tile (segment, stitch) or label chunk (measure)
 SLOWED = "slowed down by CELLSEG_DEBUG_STAGE_DELAY"
+# Imported at start-up by every Python process of a run (it reads the variable).
+HOOK = Path(__file__).resolve().parent / "sitecustomize"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _start(cmd: list[str], cwd: Path, stage: str, log: Path) -> subprocess.Popen:
     """Start `cmd` in its own process group, slowed down in `stage`."""
-    env = tool_env(CELLSEG_DEBUG_STAGE_DELAY=f"{stage}={DELAY_S}")
+    path = os.pathsep.join(p for p in (str(HOOK), os.environ.get("PYTHONPATH")) if p)
+    env = tool_env(CELLSEG_DEBUG_STAGE_DELAY=f"{stage}={DELAY_S}", PYTHONPATH=path)
     with open(log, "w") as out:
         return subprocess.Popen(
             cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from conftest import disk_scene
 
-from cellseg.backends import ClassicalBackend, default_halo_px
 from cellseg.metrics import match_instances, same_partition
-from cellseg.pipeline import segment_array
+from cellseg.segmentation import ClassicalBackend, default_halo_px
+from cellseg.stages import segment_array
 
 BIG = 100_000  # a tile size that gives one tile
 
@@ -85,7 +85,7 @@ def test_classical_finds_synthetic_nuclei(scan2d):
 
 def _disk_candidates(tile_size, overlap=None):
     """The candidates of every tile of the disk scene (pieces of the large cell included)."""
-    from cellseg.pipeline import array_candidates
+    from cellseg.stages import array_candidates
 
     image, _ = disk_scene()
     return array_candidates(

@@ -2,7 +2,18 @@ import numpy as np
 import pytest
 
 from cellseg.errors import ConfigError
-from cellseg.tiling import batch_tiles, halo_widths, plan_tiles, tile_shape
+from cellseg.tiling import (
+    batch_tiles,
+    box_intersection,
+    box_slices,
+    boxes_intersect,
+    grow_box,
+    halo_widths,
+    merge_boxes,
+    plan_tiles,
+    tile_shape,
+    union_box,
+)
 
 
 @pytest.mark.parametrize("shape", [(100, 250), (64, 64), (20, 70, 90)])
@@ -43,3 +54,33 @@ def test_batches_and_errors():
         batch_tiles(5, 0)
     with pytest.raises(ConfigError, match="3 spatial axes"):
         tile_shape((4, 5, 6), (1, 2))
+
+
+def test_boxes_agree_with_the_pixels_they_cover():
+    """Box geometry checked against boolean masks of the boxes."""
+    shape = (12, 15)
+    rng = np.random.default_rng(0)
+    boxes = []
+    for _ in range(40):
+        a = sorted(rng.integers(0, 13, 2))
+        b = sorted(rng.integers(0, 16, 2))
+        boxes.append(((int(a[0]), int(a[1]) + 1), (int(b[0]), int(b[1]) + 1)))
+
+    def mask(box):
+        m = np.zeros(shape, bool)
+        m[box_slices(box)] = True
+        return m
+
+    for a, b in zip(boxes[::2], boxes[1::2]):
+        both = mask(a) & mask(b)
+        assert boxes_intersect(a, b) == both.any()
+        inter = box_intersection(a, b)
+        assert (inter is None) == (not both.any())
+        if inter is not None:
+            assert np.array_equal(mask(inter), both)
+        assert (mask(union_box(a, b)) >= (mask(a) | mask(b))).all()
+    grown = grow_box(((3, 5), (0, 2)), (2, 1), shape)
+    assert grown == ((1, 7), (0, 3))
+    # a chain of overlaps joins into one box, however the keys are ordered
+    chain = {3: ((0, 2), (0, 2)), 1: ((4, 6), (4, 6)), 2: ((1, 5), (1, 5)), 9: ((8, 9), (8, 9))}
+    assert merge_boxes(chain) == [(((0, 6), (0, 6)), [1, 2, 3]), (((8, 9), (8, 9)), [9])]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,12 +47,61 @@ def output_of(proc: subprocess.CompletedProcess) -> str:
     return f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
-def test_schema_is_shared_with_the_package():
-    linked = REPO / "workflow" / "schemas" / "config.schema.yaml"
-    packaged = REPO / "cellseg" / "data" / "config.schema.yaml"
-    assert linked.is_symlink()
-    assert not os.path.isabs(os.readlink(linked))
-    assert linked.resolve() == packaged.resolve()
+def test_one_config_schema():
+    """The workflow validates against the package's schema; there is no copy of it."""
+    schemas = [
+        path.relative_to(REPO).as_posix()
+        for folder in ("workflow", "configs", "cellseg")
+        for path in (REPO / folder).rglob("config.schema.*")
+    ]
+    assert schemas == ["cellseg/data/config.schema.yaml"]
+    assert not (REPO / "workflow" / "schemas").exists()
+
+
+def test_template_lists_no_scans():
+    """configs/config.yaml is a template: valid, every key but scans/inputs commented out."""
+    template = yaml.safe_load((REPO / "configs" / "config.yaml").read_text())
+    assert template == {"scans": {}, "inputs": []}
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    assert sorted(demo["scans"]) == ["demo2d", "demo3d"]
+
+
+def _with_template(workdir: Path) -> None:
+    """Put configs/config.yaml into `workdir`, as in a checkout of the repository."""
+    (workdir / "configs").mkdir(parents=True, exist_ok=True)
+    (workdir / "configs" / "config.yaml").write_bytes(
+        (REPO / "configs" / "config.yaml").read_bytes()
+    )
+
+
+def test_run_without_scans_says_what_to_do(tmp_path):
+    _with_template(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile")],
+        cwd=tmp_path,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output_of(proc)
+    lines = [line for line in text.splitlines() if "No scans to segment" in line]
+    assert len(lines) == 1, output_of(proc)
+    assert "scans:" in lines[0] and "inputs:" in lines[0] and "--configfile" in lines[0]
+    assert "Traceback" not in text, output_of(proc)
+    assert not (tmp_path / "results").exists()
+
+
+def test_user_config_gets_only_its_own_scans(tmp_path):
+    """A user's --configfile is merged over the template, which has no demo scans."""
+    _with_template(tmp_path)
+    config = write_config(tmp_path, TINY_CONFIG)
+    proc = snakemake(tmp_path, "-n", "--configfile", str(config))
+    assert proc.returncode == 0, output_of(proc)
+    text = proc.stdout + proc.stderr
+    assert "synth_tiny2d" in text and "synth_tiny3d" in text
+    assert "demo2d" not in text and "demo3d" not in text
 
 
 def test_every_config_key_is_documented():
@@ -78,7 +126,7 @@ def test_every_config_key_is_documented():
 
 def test_lint():
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--lint"],
+        [sys.executable, "-m", "snakemake", "--lint", "--configfile", "configs/demo.yaml"],
         cwd=REPO,
         env=tool_env(),
         capture_output=True,
@@ -89,11 +137,34 @@ def test_lint():
 
 
 def test_demo_config_dry_run(tmp_path):
-    proc = snakemake(tmp_path, "-n", "--configfile", str(REPO / "configs" / "config.yaml"))
+    proc = snakemake(tmp_path, "-n", "--configfile", str(REPO / "configs" / "demo.yaml"))
     assert proc.returncode == 0, output_of(proc)
     text = proc.stdout + proc.stderr
     for rule in ("synth_demo2d", "synth_demo3d", "ingest", "plan", "stitch", "measure"):
         assert rule in text
+
+
+def test_rules_declare_outputs_benchmarks_and_resources(tmp_path):
+    """Every rule writes only what it declares, records a benchmark, and asks for resources."""
+    proc = snakemake(
+        tmp_path,
+        "--list-rules",
+        "--configfile",
+        str(write_config(tmp_path, TINY_CONFIG)),
+    )
+    assert proc.returncode == 0, output_of(proc)
+    rules = set(proc.stdout.split())
+    assert {"ingest", "plan", "segment_tiles", "stitch", "measure", "report"} <= rules
+    text = "\n".join(
+        path.read_text() for path in sorted((REPO / "workflow" / "rules").glob("*.smk"))
+    )
+    n_rules = text.count("\nrule ") + text.count("\ncheckpoint ") + text.count("    rule:\n")
+    assert text.count("benchmark:") == n_rules
+    assert text.count("mem_mb=") == n_rules and text.count("runtime=") == n_rules
+    assert "threads: 2" not in text
+    # ingest and stitch declare what they write into the scan's OME-Zarr.
+    assert "{{scan}}.ome.zarr/zarr.json" in text
+    assert "{{scan}}.ome.zarr/labels/zarr.json" in text
 
 
 def test_profile_dry_run(tmp_path):
@@ -145,6 +216,12 @@ def test_tiny_run(tmp_path):
         out = tmp_path / "results" / scan
         assert (out / "work" / "ingest.json").is_file()
         assert (out / "work" / "stitch.json").is_file()
+        assert (out / f"{scan}.ome.zarr" / "zarr.json").is_file()
+        cells = out / f"{scan}.ome.zarr" / "labels" / "cells"
+        assert (cells / "zarr.json").is_file()
+        assert not [p.name for p in cells.iterdir() if p.name.startswith(".")]
+        for stage in ("synth", "ingest", "plan", "stitch", "measure", "report"):
+            assert (out / "benchmarks" / f"{stage}.tsv").is_file(), stage
         assert (out / "cells.parquet").is_file()
         assert (out / "report.html").is_file()
         for stage in ("synth", "ingest", "plan", "stitch", "measure", "report"):
@@ -155,6 +232,7 @@ def test_tiny_run(tmp_path):
         for batch in batches:
             assert (out / "work" / "tiles" / f"{batch}.npz").is_file(), batch
             assert (out / "logs" / "segment_tiles" / f"{batch}.log").is_file(), batch
+            assert (out / "benchmarks" / "segment_tiles" / f"{batch}.tsv").is_file(), batch
 
         labels = zarr.open_array(str(out / f"{scan}.ome.zarr" / "labels" / "cells" / "0"), mode="r")
         labels = np.asarray(labels[...])
@@ -173,6 +251,8 @@ def test_tiny_run(tmp_path):
     assert set(combined["scan"].astype(str)) == {"tiny2d", "tiny3d"}
     run_report = (tmp_path / "results" / "report.html").read_text()
     assert "tiny2d/report.html" in run_report and "tiny3d/report.html" in run_report
+    for rule in ("export", "report_run"):
+        assert (tmp_path / "results" / "benchmarks" / f"{rule}.tsv").is_file(), rule
 
     # Everything is up to date: a second run has nothing to do.
     proc = snakemake(tmp_path, "-n", "--configfile", str(config))

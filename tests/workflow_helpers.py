@@ -81,7 +81,6 @@ def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
         str(workdir),
         "--configfile",
         str(workdir / "config.yaml"),
-        "--replace-workflow-config",
         *args,
     ]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cellseg.corrections import CORRECTED, ORIGINAL, find_image, has_labels, table_path
+from cellseg.review import CORRECTED, ORIGINAL, find_image, has_labels, table_path
 
 LayerData = tuple[Any, dict, str]
 

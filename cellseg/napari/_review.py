@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellseg.corrections import Box, box_around_cells, cell_box, clip_box, grow_box
+from cellseg.review import box_around_cells, cell_box
+from cellseg.tiling import Box, clip_box, grow_box
 
 #: Columns shown first in the cell list, when the table has them.
 LEADING_COLUMNS = (

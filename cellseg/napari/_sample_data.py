@@ -29,8 +29,8 @@ def sample_dir() -> Path:
 
 def make_sample(name: str, root: Path | None = None) -> Path:
     """Synthesize and segment sample `name` unless it is there already; return its folder."""
-    from cellseg.corrections import find_image
-    from cellseg.pipeline import segment
+    from cellseg.review import find_image
+    from cellseg.stages import segment
     from cellseg.synth import write_synthetic_scan
 
     shape, tile = SAMPLES[name]

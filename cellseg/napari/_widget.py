@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from cellseg import corrections
+from cellseg import review as corrections
 from cellseg.errors import CellsegError
 from cellseg.napari import _review
 from cellseg.napari._reader import (
@@ -641,7 +641,7 @@ class CellReviewWidget(QWidget):
 
     def remeasure(self) -> Path:
         """Re-measure the corrected labels (only the cells edits touched) and reload the table."""
-        from cellseg.pipeline import measure
+        from cellseg.stages import measure
 
         layer = self._corrected_layer()
         if layer is None:

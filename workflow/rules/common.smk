@@ -12,6 +12,12 @@ from cellseg.scans import expand_scans, format_summary, scan_outcomes, write_sum
 
 
 RESULTS = os.path.normpath(config["results"])
+if not config["scans"] and not config["inputs"]:
+    raise WorkflowError(
+        "No scans to segment: list them under `scans:` (name: path) or `inputs:` (glob "
+        "patterns) of a config and pass it with --configfile my.yaml (configs/config.yaml "
+        "is the commented template, configs/demo.yaml the demo)."
+    )
 # Scans listed by name (`scans`) and matched by glob patterns (`inputs`).
 try:
     SCANS = expand_scans(config["scans"], config["inputs"])
@@ -156,6 +162,22 @@ def segment_partition():
 def dask_options(wildcards, threads):
     """`--threads` and `--scheduler` of the stages with chunk-parallel array work."""
     return _options(("--threads", threads), ("--scheduler", config["scheduler"]))
+
+
+def plan_runs_model(wildcards):
+    """Whether plan measures the nucleus size with the model (`diameter: auto`)."""
+    return _scan_setting(wildcards.scan, "diameter") == "auto"
+
+
+def plan_mem_mb(wildcards, attempt):
+    """mem_mb of plan: 1 GB for the tile grid, 4 GB when it runs the model; doubled on
+    each retry."""
+    return (4000 if plan_runs_model(wildcards) else 1000) * 2 ** (attempt - 1)
+
+
+def plan_runtime(wildcards, attempt):
+    """runtime of plan in minutes: 10, or 30 when it runs the model; more on each retry."""
+    return (30 if plan_runs_model(wildcards) else 10) * attempt
 
 
 def mem_mb(base):

@@ -8,6 +8,8 @@ rule measure:
         table=f"{RESULTS}/{{scan}}/cells.parquet",
     log:
         f"{RESULTS}/{{scan}}/logs/measure.log",
+    benchmark:
+        f"{RESULTS}/{{scan}}/benchmarks/measure.tsv"
     params:
         outdir=scan_outdir,
         dask=dask_options,

@@ -1,5 +1,6 @@
 # Plan the tile grid of a scan. A checkpoint: the number of segment_tiles jobs
-# is only known once work/tiles.json (with its "batches" list) exists.
+# is only known once work/tiles.json (with its "batches" list) exists. With
+# `diameter: auto` plan runs the model on sample crops (more memory and time).
 
 
 checkpoint plan:
@@ -9,13 +10,15 @@ checkpoint plan:
         tiles=f"{RESULTS}/{{scan}}/work/tiles.json",
     log:
         f"{RESULTS}/{{scan}}/logs/plan.log",
+    benchmark:
+        f"{RESULTS}/{{scan}}/benchmarks/plan.tsv"
     params:
         outdir=scan_outdir,
         options=plan_options,
     threads: 1
     resources:
-        mem_mb=mem_mb(1000),
-        runtime=runtime(10),
+        mem_mb=plan_mem_mb,
+        runtime=plan_runtime,
     conda:
         "../../environment.yml"
     shell:

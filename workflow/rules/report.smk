@@ -14,11 +14,14 @@ rule report:
         report=f"{RESULTS}/{{scan}}/report.html",
     log:
         f"{RESULTS}/{{scan}}/logs/report.log",
+    benchmark:
+        f"{RESULTS}/{{scan}}/benchmarks/report.tsv"
     params:
         outdir=scan_outdir,
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
+        runtime=runtime(30),
     conda:
         "../../environment.yml"
     shell:
@@ -32,9 +35,12 @@ rule export:
         table=f"{RESULTS}/cells.parquet",
     log:
         f"{RESULTS}/logs/export.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/export.tsv"
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),
+        runtime=runtime(30),
     conda:
         "../../environment.yml"
     shell:
@@ -49,11 +55,14 @@ rule report_run:
         report=f"{RESULTS}/report.html",
     log:
         f"{RESULTS}/logs/report_run.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report_run.tsv"
     params:
         outdirs=scan_outdirs(),
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
+        runtime=runtime(30),
     conda:
         "../../environment.yml"
     shell:

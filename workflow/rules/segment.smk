@@ -11,6 +11,8 @@ rule segment_tiles:
         candidates=f"{RESULTS}/{{scan}}/work/tiles/{{batch}}.npz",
     log:
         f"{RESULTS}/{{scan}}/logs/segment_tiles/{{batch}}.log",
+    benchmark:
+        f"{RESULTS}/{{scan}}/benchmarks/segment_tiles/{{batch}}.tsv"
     params:
         outdir=scan_outdir,
         options=segment_options,

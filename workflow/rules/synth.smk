@@ -14,11 +14,14 @@ for synth_scan in SYNTH_SCANS:
             labels=synth_labels_path(synth_scan),
         log:
             f"{RESULTS}/{synth_scan}/logs/synth.log",
+        benchmark:
+            f"{RESULTS}/{synth_scan}/benchmarks/synth.tsv"
         params:
             options=synth_options(synth_scan),
         threads: 1
         resources:
-            mem_mb=4000,
+            mem_mb=mem_mb(4000),
+            runtime=runtime(30),
         conda:
             "../../environment.yml"
         shell:

@@ -40,22 +40,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
+import zarr
 
-from cellseg.corrections import (
-    CORRECTED,
-    Box,
-    box_from_json,
-    box_slices,
-    corrected_state,
-    find_image,
-    grow_box,
-    has_labels,
-    label_levels,
-    merge_boxes,
-    now,
-    read_edits,
-)
+from cellseg.atomic import atomic_write_bytes, atomic_write_json
 from cellseg.errors import InputError
+from cellseg.io import open_image, read_image_attrs
+from cellseg.review.logs import now, read_edits
+from cellseg.review.paths import CORRECTED, find_image, has_labels
+from cellseg.review.store import corrected_state, label_levels
+from cellseg.tiling import Box, box_from_json, box_slices, grow_box, merge_boxes
 
 FORMAT = "cellseg-training"
 VERSION = 1
@@ -108,8 +102,6 @@ def export_training(path: str | Path, dest: str | Path | None = None, *, pad: in
     InputError
         If the result has no corrections.
     """
-    from cellseg.io import atomic_write_json, open_image, read_image_attrs
-
     image_path = _image_path(Path(path))
     outdir = image_path.parent
     dest = Path(dest) if dest is not None else outdir / "training"
@@ -198,17 +190,11 @@ def _image_path(path: Path) -> Path:
 
 
 def _open_corrected(image_path: Path) -> Any:
-    import zarr
-
     return zarr.open_group(str(image_path / "labels" / CORRECTED), mode="r")
 
 
 def _write_tiff(path: Path, data: np.ndarray, axes: str, spacing: tuple[float, ...]) -> None:
     """Write an OME-TIFF with axes and µm pixel size, atomically."""
-    import tifffile
-
-    from cellseg.io import atomic_write_bytes
-
     metadata: dict[str, Any] = {"axes": axes.upper()}
     for ax, s in zip(axes.upper(), spacing):
         metadata[f"PhysicalSize{ax}"] = float(s)

@@ -13,13 +13,19 @@ Config (every key optional except ``spatial_dims`` and ``out``)::
     seed: 0
     data:
       synthetic: {n_images: 64, shape: [256, 256], setting: train}
+      # or a list of sources; a 3D source with `planes: K` gives a 2D network
+      # K random xy / xz / yz planes of each stack (as an orthogonal-view model sees them)
       folders: [data/annotated]     # images/ + labels/ with equal file names,
                                     # or <name>.tif beside <name>_labels.tif
     validation:
       synthetic: {n_images: 8, shape: [256, 256], setting: heldout, seed: 1000}
       folders: []
     training: {epochs: 20, steps_per_epoch: 50, batch_size: 8, patch: [128, 128],
-               learning_rate: 0.002}
+               learning_rate: 0.002, max_minutes: null}
+
+``training.max_minutes`` bounds the wall time (data preparation and
+validation included): the epoch running when the budget, less the time of one
+validation, is spent is cut short and is the last; the best epoch is kept.
 
 A 3D model is an orthogonal-view model (:mod:`cellseg.model`): it trains on
 random xy, xz and yz planes of the stacks, so its ``patch`` is 2D, and a 2D
@@ -28,7 +34,6 @@ model can ``init`` it. It is validated on whole stacks, as it will be used.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -37,46 +42,40 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from scipy import ndimage as ndi
 
+from cellseg import synth
+from cellseg.atomic import atomic_write_json
+from cellseg.config import validate_training_config
 from cellseg.errors import ConfigError, InputError
+from cellseg.io import read_scan
+from cellseg.layout import fingerprint
+from cellseg.metrics import match_instances
+from cellseg.normalize import compute_scan_stats, normalize
+from cellseg.progress import progress
+from cellseg.segmentation.inference import predict_maps, upsample_z
+from cellseg.segmentation.network import (
+    build_network,
+    default_spec,
+    load_state,
+    network_dims,
+    plane_factor,
+    read_spec,
+    resolve_device,
+    resolve_model_path,
+    save_model,
+)
+from cellseg.segmentation.targets import labels_to_targets, postprocess
 
 log = logging.getLogger("cellseg")
 
-DEFAULTS = {
-    "spatial_dims": 2,
-    "out": None,
-    "init": None,
-    "seed": 0,
-    "data": {"synthetic": {"n_images": 64, "shape": None, "setting": "train"}, "folders": []},
-    "validation": {
-        "synthetic": {"n_images": 6, "shape": None, "setting": "heldout", "seed": 1000},
-        "folders": [],
-    },
-    "training": {
-        "epochs": 20,
-        "steps_per_epoch": 50,
-        "batch_size": 8,
-        "patch": None,
-        "learning_rate": 0.002,
-    },
-    "model": {},
-}
-
-
-def _merge(base: dict, extra: dict, where: str = "") -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (extra or {}).items():
-        if k not in base:
-            raise ConfigError(
-                f"unknown training config key {where}{k!r}; known: {', '.join(sorted(base))}."
-            )
-        nested = isinstance(base[k], dict) and base[k] and v
-        out[k] = _merge(base[k], v, f"{where}{k}.") if nested else v
-    return out
-
 
 def load_config(path: str | Path | dict) -> dict:
-    """Read a training config and fill in the defaults (unknown keys are errors)."""
+    """Read a training config, validate it against its schema and fill in the defaults.
+
+    The schema is ``cellseg/data/training.schema.yaml`` (unknown keys are errors);
+    the sizes that depend on ``spatial_dims`` are chosen here.
+    """
     if isinstance(path, dict):
         raw = path
     else:
@@ -84,24 +83,52 @@ def load_config(path: str | Path | dict) -> dict:
         if not path.exists():
             raise ConfigError(f"{path} does not exist; give a training config YAML.")
         raw = yaml.safe_load(path.read_text()) or {}
-    cfg = _merge(DEFAULTS, raw)
+    cfg = validate_training_config(raw)
     nd = int(cfg["spatial_dims"])
-    if nd not in (2, 3):
-        raise ConfigError("spatial_dims must be 2 or 3.")
     if not cfg["out"]:
         raise ConfigError("the training config needs `out`: the model folder to write.")
     shape = [256, 256] if nd == 2 else [24, 96, 96]
     # 3D models are orthogonal-view models by default: they train on 2D planes
     patch = [128, 128]
     for part in ("data", "validation"):
-        if cfg[part]["synthetic"]:
-            cfg[part]["synthetic"]["shape"] = cfg[part]["synthetic"]["shape"] or shape
+        sources = cfg[part]["synthetic"]
+        for source in sources if isinstance(sources, list) else [sources] if sources else []:
+            source["shape"] = source.get("shape") or shape
     cfg["training"]["patch"] = cfg["training"]["patch"] or patch
     return cfg
 
 
 # ----------------------------------------------------------------------------- data
-SETTINGS = ("train", "heldout", "classic", "mixed")
+SETTINGS = ("train", "heldout", "wide", "classic", "mixed")
+
+
+def synthetic_sources(sources, seed: int) -> list:
+    """The samples of one or several ``data.synthetic`` sources (see the module notes).
+
+    A 3D source with ``planes: K`` becomes ``K`` random orthogonal planes of each
+    stack, (image, labels, spacing) samples for a 2D network.
+    """
+    if not sources:
+        return []
+    out = []
+    for k, src in enumerate(sources if isinstance(sources, list) else [sources]):
+        if int(src.get("n_images") or 0) <= 0:
+            continue
+        src_seed = int(src["seed"]) if src.get("seed") is not None else seed + 7919 * k
+        samples = synthetic_images(
+            src["n_images"], src["shape"], src.get("setting", "train"), src_seed
+        )
+        planes = int(src.get("planes") or 0)
+        if planes and len(src["shape"]) == 3:
+            spec3 = default_spec(3)  # the plane resampling of an orthogonal-view model
+            rng = np.random.default_rng(src_seed + 1)
+            samples = [
+                random_plane(img, lab, spacing, rng, plane_factor(spec3, spacing))
+                for img, lab, spacing in samples
+                for _ in range(planes)
+            ]
+        out += samples
+    return out
 
 
 def synthetic_images(n: int, shape: Sequence[int], setting: str, seed: int) -> list:
@@ -113,8 +140,6 @@ def synthetic_images(n: int, shape: Sequence[int], setting: str, seed: int) -> l
     generator's defaults (the look of the demo scans); ``mixed`` alternates
     ``train`` and ``classic``.
     """
-    from cellseg import synth
-
     if setting not in SETTINGS:
         raise ConfigError(f"unknown synthetic setting {setting!r}; use one of {SETTINGS}.")
     rng = np.random.default_rng(seed)
@@ -170,9 +195,6 @@ def folder_images(folders: Sequence[str | Path], spatial_dims: int) -> list:
     statistics in ``index.json``; they are normalised with those, as the scan
     was. Other images are normalised on their own.
     """
-    from cellseg.io import read_scan
-    from cellseg.normalize import normalize
-
     out = []
     for folder in folders:
         index = Path(folder) / "index.json"
@@ -198,13 +220,11 @@ def folder_images(folders: Sequence[str | Path], spatial_dims: int) -> list:
 
 def normalise_sample(img: np.ndarray) -> np.ndarray:
     """The scan-level normalisation applied to one whole training image."""
-    from cellseg.normalize import compute_scan_stats, normalize
-
     return normalize(img, compute_scan_stats(img))
 
 
 def _augment():
-    from monai.transforms import (
+    from monai.transforms import (  # heavy: MONAI loads torch
         Compose,
         RandAdjustContrastd,
         RandFlipd,
@@ -225,6 +245,35 @@ def _augment():
     )
 
 
+def intensity_jitter(x: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random intensity changes that real scans show and the generator may not.
+
+    Per-nucleus brightness factors (log-normal, blended over a pixel at the
+    edges), a gamma curve on the positive part, and a jitter of the
+    normalisation's low and high points (as another scan's statistics would
+    give). Each is applied with some probability; the labels do not change.
+
+    Examples
+    --------
+    >>> x = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    >>> intensity_jitter(x, np.zeros((4, 4), int), np.random.default_rng(0)).shape
+    (4, 4)
+    """
+    x = np.asarray(x, np.float32)
+    n = int(labels.max())
+    if n and rng.random() < 0.4:
+        factor = np.exp(rng.normal(0.0, 0.5, n + 1)).astype(np.float32)
+        factor[0] = 1.0
+        x = x * ndi.gaussian_filter(factor[labels], 1.0)
+    if rng.random() < 0.3:
+        gamma = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+        pos = np.maximum(x, 0.0)
+        x = np.where(x > 0, pos**gamma, x).astype(np.float32)
+    if rng.random() < 0.5:
+        x = (x - np.float32(rng.normal(0.0, 0.03))) * np.float32(np.exp(rng.normal(0.0, 0.35)))
+    return x.astype(np.float32, copy=False)
+
+
 def random_plane(
     img: np.ndarray,
     lab: np.ndarray,
@@ -237,8 +286,6 @@ def random_plane(
     xz and yz planes are resampled along z ``factor`` times finer
     (:func:`cellseg.model.upsample_z` for the image, nearest plane for the labels).
     """
-    from cellseg.model import upsample_z
-
     axis = int(rng.integers(3))
     i = int(rng.integers(img.shape[axis]))
     if axis == 0:
@@ -263,8 +310,6 @@ def sample_batch(
     With the ``spec`` of an orthogonal-view model, each patch comes from a
     random plane of a random stack (:func:`random_plane`).
     """
-    from cellseg.model import labels_to_targets, plane_factor
-
     planes = spec is not None and spec.get("views") == "orthogonal"
     xs, ys = [], []
     for _ in range(batch):
@@ -282,6 +327,7 @@ def sample_batch(
         x, y = np.pad(x, pad, mode="reflect"), np.pad(y, pad, mode="reflect")
         if len(patch) == 2 and rng.random() < 0.5:
             x, y = np.swapaxes(x, 0, 1), np.swapaxes(y, 0, 1)
+        x = intensity_jitter(x, y, rng)
         d = aug({"image": x[None].copy(), "label": y[None].copy()})
         x = np.asarray(d["image"])[0]
         y = np.asarray(d["label"])[0].astype(np.int32)
@@ -293,10 +339,7 @@ def sample_batch(
 # ----------------------------------------------------------------------------- evaluation
 def validate(net, spec: dict, val: list, device: str) -> float:
     """Mean AP at IoU 0.5 of the model (with post-processing) on validation images."""
-    import torch
-
-    from cellseg.metrics import match_instances
-    from cellseg.model import postprocess, predict_maps
+    import torch  # heavy, and only needed to train
 
     net.eval()
     aps = []
@@ -316,21 +359,9 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
     Resumable: ``<out>/checkpoint.pt`` holds weights, optimiser state, epoch and
     random states; a rerun with the same config continues after the last epoch.
     """
-    import torch
+    import torch  # heavy, and only needed to train
 
-    from cellseg.io import atomic_write_json
-    from cellseg.model import (
-        build_network,
-        default_spec,
-        load_state,
-        network_dims,
-        read_spec,
-        resolve_device,
-        resolve_model_path,
-        save_model,
-    )
-    from cellseg.pipeline import fingerprint, progress
-
+    t0 = time.perf_counter()
     cfg = load_config(config)
     nd = int(cfg["spatial_dims"])
     out = Path(cfg["out"])
@@ -352,6 +383,12 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
                     f"{nd}D model with a {network_dims(base)}D network."
                 )
             spec = dict(base, architecture=spec["architecture"])
+        else:
+            # the weights fix the architecture; metadata (post-processing, version,
+            # name, sizes) may be set anew
+            spec.update({k: v for k, v in cfg["model"].items() if k != "architecture"})
+        spec.pop("training", None)
+        spec.pop("sha256", None)
         net = build_network(spec)
         net.load_state_dict(load_state(init))
     else:
@@ -366,27 +403,21 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
             "(an orthogonal-view 3D model trains on 2D planes)."
         )
     net.to(device).train()
+    tr_cfg = cfg["training"]
     opt = torch.optim.AdamW(net.parameters(), lr=float(cfg["training"]["learning_rate"]))
     epochs = int(cfg["training"]["epochs"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
 
     t0 = time.perf_counter()
-    syn = cfg["data"]["synthetic"]
-    pool = []
-    if syn and int(syn.get("n_images") or 0) > 0:
-        pool += synthetic_images(syn["n_images"], syn["shape"], syn.get("setting", "train"), seed)
+    max_seconds = None if tr_cfg["max_minutes"] is None else 60.0 * float(tr_cfg["max_minutes"])
+    pool = synthetic_sources(cfg["data"]["synthetic"], seed)
     pool += folder_images(cfg["data"]["folders"], nd)
     vs = cfg["validation"]["synthetic"]
-    val = []
-    if vs and int(vs.get("n_images") or 0) > 0:
-        val += synthetic_images(
-            vs["n_images"],
-            vs["shape"],
-            vs.get("setting", "heldout"),
-            int(vs.get("seed", seed + 1000)),
-        )
+    if isinstance(vs, dict) and vs:
+        vs = dict(vs, seed=int(vs["seed"]) if vs.get("seed") is not None else seed + 1000)
+    val = synthetic_sources(vs, seed + 1000)
     val += folder_images(cfg["validation"]["folders"], nd)
-    if not pool:
+    if not pool and int(cfg["training"]["epochs"]) > 0:
         raise ConfigError("the training config gives no training data (data.synthetic / folders).")
     log.info(
         "train: %d training and %d validation images (%.1f s)",
@@ -438,6 +469,8 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
     aug.set_random_state(seed=seed)
     bce = torch.nn.BCEWithLogitsLoss()
     tr = cfg["training"]
+    stopped_early = False
+    val_seconds = 0.0
     for epoch in range(start, epochs):
         losses = []
         for _ in progress(
@@ -445,6 +478,10 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
             desc=f"epoch {epoch + 1}/{epochs}",
             enabled=show_progress,
         ):
+            spent = time.perf_counter() - t0 + val_seconds
+            if max_seconds is not None and spent > max_seconds and losses:
+                stopped_early = True
+                break
             x, y = sample_batch(pool, rng, int(tr["batch_size"]), tr["patch"], aug, spec)
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             logits = net(x)
@@ -454,7 +491,9 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
             opt.step()
             losses.append(float(loss.detach()))
         sched.step()
+        t_val = time.perf_counter()
         ap = validate(net, spec, val, device) if val else -float(np.mean(losses))
+        val_seconds = time.perf_counter() - t_val
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_ap50": ap})
         log.info("train: epoch %d loss %.4f val AP50 %.3f", epoch + 1, np.mean(losses), ap)
         keep_if_best(epoch + 1, ap)
@@ -472,6 +511,10 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
         tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
         torch.save(ck, tmp)
         tmp.replace(ckpt_path)
+        spent = time.perf_counter() - t0 + val_seconds
+        if stopped_early or (max_seconds is not None and spent > max_seconds):
+            log.info("train: stopped after epoch %d: training.max_minutes reached", epoch + 1)
+            break
     summary = {
         "out": str(out),
         "best_val_ap50": best,

@@ -1,0 +1,308 @@
+"""Pass 2 and :func:`measure_cells`: every cell measured on its own crop.
+
+Every cell is assigned to the chunk holding its bounding box's first corner;
+per chunk, the union of its cells' boxes (grown by the ring width) is read
+once, and each cell is measured on its own crop. Chunks run in parallel
+threads. The cells' boxes come from pass 1 (:mod:`cellseg.measure.chunks`),
+the neighbour columns from their centroids (:mod:`cellseg.measure.neighbours`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellseg.measure.chunks import (
+    cell_boxes,
+    centroid_um,
+    channel_list,
+    chunk_shape,
+    read_block,
+)
+from cellseg.measure.columns import (
+    DEFAULT_NEIGHBOR_RADIUS_UM,
+    DEFAULT_RING_WIDTH_UM,
+    INTENSITY_STATS,
+    channel_keys,
+    column_schema,
+)
+from cellseg.measure.intensity import intensity_stats, ring_mask
+from cellseg.measure.neighbours import Neighbors
+from cellseg.measure.shape import shape_features
+from cellseg.measure.table import ROW_GROUP_ROWS, TableWriter
+from cellseg.parallel import map_chunks
+from cellseg.progress import progress
+
+
+def _measure_group(
+    group: tuple[np.ndarray, np.ndarray, np.ndarray],
+    label_image: Any,
+    channels: Any,
+    *,
+    spacing: tuple[float, ...],
+    shape: tuple[int, ...],
+    pad: tuple[int, ...],
+    ring_width_um: float,
+    n_values: int,
+) -> np.ndarray:
+    """Measure the cells of one chunk on crops of one region read for them all.
+
+    `group` holds the cells' ids and box starts and stops; the rows come back as
+    one float array (8 bytes per value, ids and counts exact).
+    """
+    ids, starts, stops = group
+    lo = np.maximum(starts - np.array(pad), 0)
+    hi = np.minimum(stops + np.array(pad), np.array(shape))
+    r0, r1 = lo.min(axis=0), hi.max(axis=0)
+    region = tuple(slice(int(a), int(b)) for a, b in zip(r0, r1))
+    labels = read_block(label_image, region)
+    image = [read_block(ch, region) for ch in channels]
+    rows = []
+    for k, cell in enumerate(ids):
+        crop = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(lo[k], hi[k], r0))
+        inner = tuple(slice(int(s - a), int(e - a)) for s, e, a in zip(starts[k], stops[k], lo[k]))
+        lab = labels[crop]
+        mask = lab == cell
+        feats = shape_features(mask[inner], spacing)
+        ring = ring_mask(mask, lab, spacing, ring_width_um)
+        row = [int(cell), *feats.values(), int(np.count_nonzero(ring))]
+        for channel in image:
+            values = channel[crop]
+            inside = intensity_stats(values[mask])
+            around = intensity_stats(values[ring])
+            row += [*inside, *around, inside[0] - around[1]]
+        rows.append(row)
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), n_values)
+
+
+class _RowStore:
+    """Rows of float64 values put by row number in any order, read back in ranges.
+
+    In memory, or in a scratch file (``path``): then only the rows being put or
+    read are held, and the file is removed by :meth:`close`.
+    """
+
+    def __init__(self, n_rows: int, n_values: int, path: Path | None = None) -> None:
+        self.n_values = n_values
+        self.row_bytes = 8 * n_values
+        self.path = path
+        self.fd: int | None = None
+        self.array: np.ndarray | None = None
+        if path is None:
+            self.array = np.zeros((n_rows, n_values), np.float64)
+        else:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    def put(self, index: np.ndarray, rows: np.ndarray) -> None:
+        """Store ``rows[k]`` as row ``index[k]``; runs of consecutive rows are written at once."""
+        if self.array is not None:
+            self.array[index] = rows
+            return
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        breaks = np.flatnonzero(np.diff(index) != 1) + 1
+        for a, b in zip([0, *breaks.tolist()], [*breaks.tolist(), len(index)]):
+            data = memoryview(rows[a:b]).cast("B")
+            offset = int(index[a]) * self.row_bytes
+            while len(data):
+                written = os.pwrite(self.fd, data, offset)
+                data, offset = data[written:], offset + written
+
+    def get(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi``."""
+        if self.array is not None:
+            return self.array[lo:hi]
+        out = np.empty((hi - lo, self.n_values), np.float64)
+        view = memoryview(out).cast("B")
+        offset = lo * self.row_bytes
+        while len(view):
+            read = os.preadv(self.fd, [view], offset)
+            if read <= 0:
+                raise OSError(f"{self.path}: rows {lo}:{hi} were not all written")
+            view, offset = view[read:], offset + read
+        return out
+
+    def close(self) -> None:
+        """Release the rows (remove the scratch file)."""
+        self.array = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            Path(self.path).unlink(missing_ok=True)
+
+
+def measure_cells(
+    label_image: Any,
+    intensity_image: Any = None,
+    *,
+    spacing: Sequence[float],
+    axes: str | None = None,
+    chunks: Sequence[int] | None = None,
+    channel_names: Sequence[str] | None = None,
+    ring_width_um: float = DEFAULT_RING_WIDTH_UM,
+    neighbor_radius_um: float = DEFAULT_NEIGHBOR_RADIUS_UM,
+    threads: int | None = 1,
+    show_progress: bool = False,
+    out: TableWriter | None = None,
+) -> pd.DataFrame | None:
+    """Measure every cell of a label image: morphology, neighbours, intensities.
+
+    Parameters
+    ----------
+    label_image : array-like of int, (Y, X) or (Z, Y, X)
+        Labels (numpy, zarr or dask); 0 is background.
+    intensity_image : array-like, optional
+        The scan's channels, ``(C, *shape)``, or one channel of the label
+        image's shape. None: no intensity columns.
+    spacing : sequence of float
+        Pixel size in µm per axis.
+    axes : str, optional
+        Axis names, default ``"yx"`` or ``"zyx"``.
+    chunks : sequence of int, optional
+        Block shape to process at a time (default the label image's chunks, or
+        the whole image).
+    channel_names : sequence of str, optional
+        One name per channel (default ``c0``, ``c1``, ...); made into column
+        keys by :func:`channel_keys`.
+    ring_width_um : float
+        Width of the ring around each cell (background / cytoplasm proxy).
+    neighbor_radius_um : float
+        Radius for ``n_neighbors``.
+    threads : int, optional
+        Chunks measured in parallel (None: all cores).
+    show_progress : bool
+        Show progress bars.
+    out : TableWriter, optional
+        Write the table there, :data:`ROW_GROUP_ROWS` rows at a time, instead
+        of returning it. The measured rows wait in a scratch file beside the
+        table (:meth:`TableWriter.scratch_path`) until they can be written in
+        ``cell_id`` order, so memory holds a few small arrays per cell (ids,
+        boxes, centroids and their k-d tree), not the table.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        One row per cell id, sorted by id; the columns of :func:`column_schema`.
+        None when `out` is given.
+
+    Examples
+    --------
+    >>> lab = np.zeros((4, 6), np.uint32); lab[1:3, 1:4] = 7
+    >>> t = measure_cells(lab, np.ones((4, 6)), spacing=(0.5, 0.5))
+    >>> t[["cell_id", "centroid_y_um", "centroid_x_um", "area_um2"]].values.tolist()
+    [[7.0, 0.75, 1.0, 1.5]]
+    """
+    shape = tuple(int(n) for n in label_image.shape)
+    nd = len(shape)
+    axes = axes or ("yx" if nd == 2 else "zyx")
+    spacing = tuple(float(s) for s in spacing)
+    if len(axes) != nd or len(spacing) != nd:
+        raise ValueError(f"axes {axes!r} and spacing {spacing} do not match a {nd}D image")
+    channels = channel_list(intensity_image, shape)
+    n_channels = len(channels)
+    names = list(channel_names) if channel_names is not None else []
+    if len(names) != n_channels:
+        names = [f"c{i}" for i in range(n_channels)]
+    keys = channel_keys(names)
+    chunks = chunk_shape(label_image, chunks, shape)
+
+    base = cell_boxes(
+        label_image,
+        axes=axes,
+        chunks=chunks,
+        threads=threads,
+        show_progress=show_progress,
+    )
+    schema = column_schema(
+        axes, keys, ring_width_um=ring_width_um, neighbor_radius_um=neighbor_radius_um
+    )
+    shape_names = list(shape_features(np.ones((1,) * nd, bool), spacing))
+    measured = ["cell_id", *shape_names, "ring_n_pixels"]
+    for k in keys:
+        measured += [f"intensity_{s}_{k}" for s in INTENSITY_STATS]
+        measured += [f"ring_intensity_{s}_{k}" for s in INTENSITY_STATS]
+        measured.append(f"intensity_mean_corrected_{k}")
+    position = {name: j for j, name in enumerate(measured)}
+
+    # Cells are measured per chunk (the chunk holding their box's first corner),
+    # chunks in order; within a chunk in id order.
+    n = len(base["cell_id"])
+    starts = np.stack([base[f"bbox_{a}_start_px"] for a in axes], axis=1).reshape(n, nd)
+    stops = np.stack([base[f"bbox_{a}_stop_px"] for a in axes], axis=1).reshape(n, nd)
+    grid = tuple(-(-s // c) for s, c in zip(shape, chunks))
+    home = np.ravel_multi_index(tuple((starts // np.array(chunks)).T), grid) if n else []
+    order = np.argsort(home, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(np.asarray(home)[order])) + 1) if n else []
+    del home, starts, stops  # each group's ids and boxes are gathered when it is measured
+    pad = tuple(int(math.ceil(ring_width_um / s)) if ring_width_um > 0 else 0 for s in spacing)
+
+    def run(index: np.ndarray) -> np.ndarray:
+        group = (
+            base["cell_id"][index],
+            np.stack([base[f"bbox_{a}_start_px"][index] for a in axes], axis=1),
+            np.stack([base[f"bbox_{a}_stop_px"][index] for a in axes], axis=1),
+        )
+        return _measure_group(
+            group,
+            label_image,
+            channels,
+            spacing=spacing,
+            shape=shape,
+            pad=pad,
+            ring_width_um=ring_width_um,
+            n_values=len(measured),
+        )
+
+    store = _RowStore(n, len(measured), None if out is None else out.scratch_path("rows"))
+    try:
+        bar = progress(total=n, desc="measure cells", enabled=show_progress)
+        for index, rows in zip(groups, map_chunks(run, groups, threads=threads)):
+            store.put(index, rows)
+            bar.update(len(rows))
+        bar.close()
+        del groups, order
+
+        def centroids(lo: int, hi: int) -> np.ndarray:
+            return np.stack(
+                [centroid_um(base, a, s, lo, hi) for a, s in zip(axes, spacing)], axis=1
+            ).reshape(hi - lo, nd)
+
+        neighbors = Neighbors(centroids, base["cell_id"], neighbor_radius_um)
+
+        def block(lo: int, hi: int) -> pd.DataFrame:
+            rows = store.get(lo, hi)
+            touches = np.zeros(hi - lo, bool)
+            for a, size in zip(axes, shape):
+                touches |= (base[f"bbox_{a}_start_px"][lo:hi] == 0) | (
+                    base[f"bbox_{a}_stop_px"][lo:hi] == size
+                )
+            count, dist, nearest = neighbors.block(lo, hi)
+            values: dict[str, np.ndarray] = {
+                "touches_border": touches,
+                "n_neighbors": count,
+                "nearest_neighbor_distance_um": dist,
+                "nearest_neighbor_id": nearest,
+            }
+            for a, s in zip(axes, spacing):
+                values[f"centroid_{a}_um"] = centroid_um(base, a, s, lo, hi)
+            for c in schema:
+                if c.name in values:
+                    continue
+                if c.name in base:
+                    values[c.name] = base[c.name][lo:hi]
+                elif c.name in position:
+                    values[c.name] = rows[:, position[c.name]]
+            return pd.DataFrame({c.name: values[c.name].astype(c.dtype) for c in schema})
+
+        if out is None:
+            return block(0, n)
+        for lo in range(0, max(n, 1), ROW_GROUP_ROWS):
+            out.write(block(lo, min(n, lo + ROW_GROUP_ROWS)))
+        return None
+    finally:
+        store.close()

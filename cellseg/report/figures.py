@@ -1,0 +1,299 @@
+"""The figures of a QC report, each a function returning PNG bytes.
+
+matplotlib is imported inside the functions that draw, with the ``Agg``
+backend: it takes a second to import, and only the report draws.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from skimage.segmentation import find_boundaries
+
+from cellseg.report.numbers import size_column
+
+
+def _png(fig: Any) -> bytes:
+    """The figure as PNG bytes (90 dpi); the figure is closed."""
+    import matplotlib.pyplot as plt  # heavy: loaded only when a figure is drawn
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot, on the Agg backend unless one was chosen already."""
+    import matplotlib  # heavy: loaded only when a figure is drawn
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _display(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Grey values 0-255 (uint8): `low` black, `high` white."""
+    scale = (high - low) or 1.0
+    grey = np.clip((np.asarray(image, dtype=np.float32) - low) * (255.0 / scale), 0, 255)
+    return np.rint(grey, out=grey).astype(np.uint8)
+
+
+def outline_overlay(image: np.ndarray, labels: np.ndarray, low: float, high: float) -> np.ndarray:
+    """An RGB picture: the image in grey, cell outlines in colour.
+
+    Parameters
+    ----------
+    image : ndarray, (Y, X)
+        Intensities.
+    labels : ndarray of int, (Y, X)
+        Cells.
+    low, high : float
+        Grey values shown as black and white.
+
+    Returns
+    -------
+    ndarray of uint8, (Y, X, 3)
+        8 bits a colour, as the PNG holds it: a quarter of the memory of floats.
+    """
+    grey = _display(image, low, high)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    edge = find_boundaries(labels, mode="inner") & (labels > 0)
+    if edge.any():
+        hue = (labels[edge].astype(np.float64) * 0.618034) % 1.0
+        import matplotlib.colors as mcolors  # heavy: loaded only when a figure is drawn
+
+        colours = mcolors.hsv_to_rgb(np.stack([hue, np.full_like(hue, 0.8), np.ones_like(hue)], 1))
+        rgb[edge] = np.rint(colours * 255).astype(np.uint8)
+    return rgb
+
+
+def figure_thumbnail(
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    low: float,
+    high: float,
+    seams: Sequence[Sequence[float]] = ((), ()),
+    title: str = "",
+) -> bytes:
+    """The scan (one plane) with cell outlines and the tile seams, as PNG.
+
+    Parameters
+    ----------
+    image : ndarray, (Y, X)
+        One plane of the nuclear channel (a coarse pyramid level).
+    labels : ndarray of int, (Y, X)
+        The cells of the same plane and level.
+    low, high : float
+        Grey values shown as black and white.
+    seams : pair of sequence of float
+        Seam positions along y and along x, in the plane's pixels.
+    title : str
+        Drawn above the picture.
+
+    Returns
+    -------
+    bytes
+        A PNG file.
+    """
+    plt = _pyplot()
+    h, w = image.shape
+    fig, ax = plt.subplots(figsize=(9.5, 9.5 * h / max(w, 1) + 0.4), layout="constrained")
+    ax.imshow(outline_overlay(image, labels, low, high), interpolation="nearest")
+    for y in seams[0]:
+        ax.axhline(y, color="yellow", lw=0.6, ls="--", alpha=0.7)
+    for x in seams[1]:
+        ax.axvline(x, color="yellow", lw=0.6, ls="--", alpha=0.7)
+    ax.set_title(title, fontsize=10)
+    ax.set_axis_off()
+    return _png(fig)
+
+
+def figure_crops(crops: Sequence[dict[str, Any]], *, low: float, high: float) -> bytes:
+    """Zoomed crops side by side, as PNG.
+
+    Parameters
+    ----------
+    crops : sequence of dict
+        ``image`` and ``labels`` (2D arrays), ``title`` and, optionally,
+        ``seams`` (positions along y and along x in the crop's pixels).
+    low, high : float
+        Grey values shown as black and white.
+
+    Returns
+    -------
+    bytes
+        A PNG file.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, len(crops), figsize=(3.6 * len(crops), 3.9), squeeze=False, layout="constrained"
+    )
+    for ax, crop in zip(axes[0], crops):
+        ax.imshow(
+            outline_overlay(crop["image"], crop["labels"], low, high), interpolation="nearest"
+        )
+        for y in crop.get("seams", ((), ()))[0]:
+            ax.axhline(y, color="yellow", lw=0.8, ls="--")
+        for x in crop.get("seams", ((), ()))[1]:
+            ax.axvline(x, color="yellow", lw=0.8, ls="--")
+        ax.set_title(crop["title"], fontsize=9)
+        ax.set_axis_off()
+    return _png(fig)
+
+
+def figure_histograms(table: pd.DataFrame, channels: Sequence[str] = ()) -> bytes:
+    """Histograms of size, shape, neighbour distance and intensity, as PNG.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The cell table (columns it lacks are left out).
+    channels : sequence of str
+        Channel keys; the mean intensity of the first two is drawn.
+
+    Returns
+    -------
+    bytes
+        A PNG file.
+
+    Examples
+    --------
+    >>> png = figure_histograms(pd.DataFrame({"area_um2": [40.0, 50.0, 60.0]}))
+    >>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+    True
+    """
+    plt = _pyplot()
+    size_col, size_label = size_column(table)
+    roundness = "form_factor" if "form_factor" in table else "sphericity"
+    panels = [
+        (size_col, size_label),
+        ("equivalent_diameter_um", "equivalent diameter (µm)"),
+        (roundness, roundness.replace("_", " ")),
+        ("solidity", "solidity"),
+        ("elongation", "elongation (major / minor)"),
+        ("nearest_neighbor_distance_um", "nearest neighbour (µm)"),
+    ]
+    panels += [(f"intensity_mean_{ch}", f"mean intensity {ch}") for ch in channels[:2]]
+    panels = [(c, label) for c, label in panels if c in table]
+    cols = 4
+    rows = max(1, math.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False, layout="constrained"
+    )
+    for ax in axes.ravel():
+        ax.set_visible(False)
+    for ax, (col, label) in zip(axes.ravel(), panels):
+        ax.set_visible(True)
+        values = table[col].to_numpy(dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if values.size:
+            lo, hi = np.percentile(values, [0.5, 99.5])
+            ax.hist(values, bins=40, range=(lo, hi) if hi > lo else None, color="#4477aa")
+            ax.axvline(np.median(values), color="#cc3311", lw=1)
+        else:
+            ax.text(0.5, 0.5, "no cells", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel(label, fontsize=9)
+        ax.tick_params(labelsize=8)
+    return _png(fig)
+
+
+def figure_tile_counts(counts: np.ndarray) -> bytes:
+    """Cells per tile as a heat map, as PNG.
+
+    Parameters
+    ----------
+    counts : ndarray of int, (tiles along y, tiles along x)
+        As :func:`~cellseg.report.numbers.tile_counts` returns them.
+
+    Returns
+    -------
+    bytes
+        A PNG file.
+    """
+    plt = _pyplot()
+    counts = np.asarray(counts)
+    h, w = counts.shape
+    fig, ax = plt.subplots(
+        figsize=(min(7.5, 1.2 + 0.5 * w), min(7.5, 0.9 + 0.5 * h)), layout="constrained"
+    )
+    im = ax.imshow(counts, cmap="viridis", interpolation="nearest")
+    if counts.size <= 400:
+        top = counts.max() if counts.size else 0
+        for (i, j), v in np.ndenumerate(counts):
+            colour = "black" if v > 0.6 * top else "white"
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color=colour)
+    ax.set_xlabel("tile column (x)")
+    ax.set_ylabel("tile row (y)")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="cells")
+    return _png(fig)
+
+
+def figure_seam(seam: dict[str, Any]) -> bytes:
+    """Relative density and size against the distance to the nearest tile seam, as PNG.
+
+    Parameters
+    ----------
+    seam : dict
+        As :func:`~cellseg.report.numbers.seam_score` returns it.
+
+    Returns
+    -------
+    bytes
+        A PNG file.
+    """
+    plt = _pyplot()
+    prof = seam["profile"]
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 2.8), layout="constrained")
+    for ax, key, label in (
+        (axes[0], "density", "cell density / scan mean"),
+        (axes[1], "size", "median size / scan median"),
+    ):
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.axvspan(0, seam["band_um"], color="#ee7733", alpha=0.15, lw=0)
+        ax.plot(prof["distance_um"], prof[key], "o-", color="#0077bb")
+        ax.set_xlabel("distance to nearest tile seam (µm)")
+        ax.set_ylabel(label)
+        finite = [v for v in prof[key] if np.isfinite(v)]
+        top = max([1.5, *finite]) if finite else 1.5
+        ax.set_ylim(0, top * 1.1)
+    return _png(fig)
+
+
+def figure_run(tables: dict[str, pd.DataFrame], counts: dict[str, int]) -> bytes:
+    """Cells per scan and the distributions of diameter compared across scans, as PNG.
+
+    Parameters
+    ----------
+    tables : dict of str to pandas.DataFrame
+        Per scan, its cells' ``equivalent_diameter_um``.
+    counts : dict of str to int
+        Cells per scan.
+
+    Returns
+    -------
+    bytes
+        A PNG file.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
+    names = list(counts)
+    axes[0].barh(names, [counts[n] for n in names], color="#4477aa")
+    axes[0].set_xlabel("cells")
+    for name, table in tables.items():
+        values = table["equivalent_diameter_um"].to_numpy(dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if values.size:
+            axes[1].hist(values, bins=40, histtype="step", density=True, label=name, lw=1.5)
+    axes[1].set_xlabel("equivalent diameter (µm)")
+    axes[1].set_ylabel("density")
+    if tables:
+        axes[1].legend(fontsize=8)
+    return _png(fig)
