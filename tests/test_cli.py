@@ -54,6 +54,7 @@ def _labels(outdir, name="nuclei"):
     return np.asarray(open_labels(outdir / f"{name}.ome.zarr", "cells")[...])
 
 
+@pytest.mark.slow
 def test_tiled_matches_one_tile(segmented2d):
     tiled, one = _labels(segmented2d / "tiled"), _labels(segmented2d / "one")
     assert tiled.dtype == np.uint32 and tiled.shape == (256, 240)
@@ -82,6 +83,7 @@ def test_table_matches_labels_and_units(segmented2d):
     assert row["intensity_mean_c0"] == pytest.approx(image[yy, xx].mean())
 
 
+@pytest.mark.slow
 def test_ids_identical_across_runs(segmented2d, scan2d_file, tmp_path):
     img, _ = scan2d_file
     # the same command as the fixture's "tiled" run, in another folder
@@ -93,6 +95,7 @@ def test_ids_identical_across_runs(segmented2d, scan2d_file, tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.slow
 def test_rerun_resumes_after_lost_outputs(scan2d_file, tmp_path):
     img, _ = scan2d_file
     args = [
@@ -133,6 +136,7 @@ def test_stage_commands_equal_segment(scan2d_file, segmented2d, tmp_path):
     assert np.array_equal(_labels(tmp_path), _labels(segmented2d / "tiled"))
 
 
+@pytest.mark.slow
 def test_3d_with_pixel_size_override(tmp_path):
     img, truth = write_synthetic_scan(
         tmp_path / "stack.ome.tif",

@@ -46,12 +46,14 @@ def results(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_two_runs_are_equal(results):
     proc = compare(results / "results", results / "again")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("equal   scan: labels cells (1 level); cells.parquet (")
 
 
+@pytest.mark.slow
 def test_a_changed_label_or_value_is_a_difference(results, tmp_path):
     new = tmp_path / "new"
     shutil.copytree(results / "results", new)

@@ -214,6 +214,7 @@ def whole3d(scan3d):
     return segment_array(image, spacing=spacing, tile_size=4096, backend=get_backend("model"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tile_size", [(16, 48, 48), (6, 64, 64)])
 def test_model_backend_is_tile_invariant_3d(scan3d, whole3d, tile_size):
     from cellseg.segmentation import get_backend

@@ -130,6 +130,7 @@ def test_a_backend_is_one_class_and_one_registration(scan2d):
 
 
 # ----------------------------------------------------------------------------- training time
+@pytest.mark.slow
 def test_max_minutes_stops_training_in_time_and_keeps_the_best(tmp_path):
     from cellseg.segmentation.network import read_spec
     from cellseg.segmentation.training import train
