@@ -17,6 +17,7 @@ core contains it. Then, per object:
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cellseg.atomic import atomic_write_bytes
 from cellseg.tiling import Box, Tile, owner_grid
 
 OWNED = 1
@@ -121,11 +123,7 @@ class Candidates:
 
     def save(self, path: Path, **extra) -> None:
         """Write to a compressed ``.npz``, atomically."""
-        import io as _io
-
-        from cellseg.atomic import atomic_write_bytes
-
-        buf = _io.BytesIO()
+        buf = io.BytesIO()
         arrays = {f: getattr(self, f) for f in self.FIELDS}
         arrays.update({k: np.asarray(v) for k, v in extra.items()})
         np.savez_compressed(buf, **arrays)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cellseg.progress import progress
 from cellseg.segment import OWNED, PIECE, Candidates, reliable_box, unpack_mask
 from cellseg.tiling import Box, Tile, box_intersection
 
@@ -404,8 +405,6 @@ def resolve_candidates(
     -------
     StitchResult
     """
-    from cellseg.progress import progress
-
     n = len(source)
     nd = len(core_shape)
     order = sorted(t.index for t in tiles)
@@ -637,8 +636,6 @@ def paint_tiles(
     show_progress: bool = False,
 ) -> Iterator[tuple[Tile, np.ndarray]]:
     """Each tile with the labels of its core, tiles in order."""
-    from cellseg.progress import progress
-
     neighbours = _sweep_neighbours(source, tiles, core_shape)
     for t in progress(sorted(tiles, key=lambda t: t.index), desc="stitch", enabled=show_progress):
         members = tile_members(source, t, neighbours[t.index], result)

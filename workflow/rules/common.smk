@@ -165,8 +165,9 @@ def dask_options(wildcards, threads):
 
 
 def plan_runs_model(wildcards):
-    """Whether plan measures the nucleus size with the model (`diameter: auto`)."""
-    return _scan_setting(wildcards.scan, "diameter") == "auto"
+    """Whether plan may measure the nucleus size with the model: `diameter: auto`,
+    or no diameter (then a scan whose file states no pixel size is measured)."""
+    return _scan_setting(wildcards.scan, "diameter") in ("auto", None)
 
 
 def plan_mem_mb(wildcards, attempt):
