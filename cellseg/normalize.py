@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
 
 from cellseg.errors import InputError
 
@@ -80,21 +81,28 @@ def nucleus_level(grid: np.ndarray, low: float, median: float) -> tuple[float, i
     >>> nucleus_level(g, 10.0, 10.0)
     (115.0, 4)
     """
-    from skimage.filters import threshold_otsu
-
-    x = np.asarray(grid, np.float64)
+    x = np.asarray(grid, np.float32).ravel()
     spread = max(float(median) - float(low), float(np.std(x)) * 1e-3, 1e-12)
-    y = np.log1p(np.maximum(x - low, 0.0) / spread)
+    y = np.maximum(x - np.float32(low), np.float32(0.0))
+    y /= np.float32(spread)
+    np.log1p(y, out=y)
     if float(y.max()) <= float(y.min()):
         return float("nan"), 0
-    mask = y > threshold_otsu(y, nbins=512)
+    mask = (y > threshold_otsu(y, nbins=512)).reshape(np.shape(grid))
+    del y
     labels, n = ndi.label(mask)
     if n == 0:
         return float("nan"), 0
-    flat_labels = labels.ravel()
-    order = np.lexsort((x.ravel(), flat_labels))
-    sorted_labels = flat_labels[order]
-    sorted_values = x.ravel()[order]
+    # only the objects' pixels are sorted: by object, then by value
+    inside = np.flatnonzero(mask)
+    del mask
+    object_of = labels.ravel()[inside]
+    del labels
+    values = x[inside]
+    order = np.lexsort((values, object_of))
+    sorted_labels = object_of[order]
+    sorted_values = values[order]
+    del order, inside
     ids = np.arange(1, n + 1)
     starts = np.searchsorted(sorted_labels, ids)
     counts = np.searchsorted(sorted_labels, ids, side="right") - starts
@@ -113,8 +121,6 @@ def otsu_threshold(values: np.ndarray, bins: int = 1024) -> float:
     scikit-image bins a float64 sample (its own integer histogram has one bin
     per value), without a float64 copy of the sample.
     """
-    from skimage.filters import threshold_otsu
-
     values = np.asarray(values)
     if values.dtype.kind not in "iu" or values.size == 0:
         return float(threshold_otsu(values, nbins=bins))
