@@ -7,9 +7,9 @@ the model's *foreground* map (which pieces do not change: a nucleus cut in
 four is still foreground), fills its holes, and splits it into nuclei by the
 distance transform of that mask: each nucleus has a peak at its centre whose
 height is its inscribed radius, touching nuclei included, while the pieces
-inside a nucleus do not show. Peaks closer than their own height to a higher
-peak belong to the same nucleus and are dropped; a watershed from the rest
-gives each nucleus its pixels. The median equivalent diameter of those nuclei
+inside a nucleus do not show. Only peaks that rise a good part of a typical
+radius above the pass to a higher peak count (h-maxima), so the plateau of a
+flat nucleus counts once; a watershed from them gives each nucleus its pixels. The median equivalent diameter of those nuclei
 (specks left out, :func:`typical_diameter`) is the estimate.
 
 When the estimate asks the model to rescale, the crops are measured again at
