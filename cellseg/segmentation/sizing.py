@@ -9,8 +9,9 @@ distance transform of that mask: each nucleus has a peak at its centre whose
 height is its inscribed radius, touching nuclei included, while the pieces
 inside a nucleus do not show. Only peaks that rise a good part of a typical
 radius above the pass to a higher peak count (h-maxima), so the plateau of a
-flat nucleus counts once; a watershed from them gives each nucleus its pixels. The median equivalent diameter of those nuclei
-(specks left out, :func:`typical_diameter`) is the estimate.
+flat nucleus counts once; a watershed from them gives each nucleus its
+pixels. The median equivalent diameter of those nuclei (specks left out,
+:func:`typical_diameter`) is the estimate.
 
 When the estimate asks the model to rescale, the crops are measured again at
 the new scale (where the model is in its element), up to :data:`ROUNDS`
