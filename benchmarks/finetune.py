@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from model_accuracy import measured_backend, segment_one_tile  # beside this script
 from scipy import ndimage as ndi
 
 from cellseg.metrics import match_instances
-from cellseg.normalize import compute_scan_stats, normalize
-from cellseg.segmentation import get_backend
+from cellseg.normalize import compute_scan_stats
 from cellseg.segmentation.training import train
 from cellseg.synth import sample_params, synthesize_sample
 
@@ -71,27 +71,13 @@ def score_right_half(truth, pred, cut: int) -> dict:
     return {t: match_instances(truth, pred, t)["ap"] for t in (0.5, 0.75)}
 
 
-def measured_backend(model, image, spacing):
-    """The model backend with the image's diameter measured (``--diameter auto``)."""
-    be = get_backend("model", model, ndim=image.ndim)
-    diameter = be.estimate_diameter_um(image, spacing, compute_scan_stats(image))
-    return get_backend("model", model, ndim=image.ndim, diameter_um=diameter)
-
-
-def segment(model, image, spacing) -> np.ndarray:
-    """The whole image as one tile, the diameter measured first."""
-    stats = compute_scan_stats(image)
-    be = measured_backend(model, image, spacing)
-    return be.predict([normalize(image, stats)], spacing, stats)[0]
-
-
 def run_case(name: str, minutes: float, work: Path) -> None:
     """Fine-tune on the left half of one case and print the right half's scores."""
     image, labels, spacing = synthetic_case() if name == "synthetic" else cells3d_case()
     cut = image.shape[-1] // 2
     init = "nuclei2d" if image.ndim == 2 else "nuclei3d"
     # the model sees nuclei rescaled to its typical size: it learns them so too
-    be = measured_backend(init, image, spacing)
+    be, _ = measured_backend("model", init, image, spacing, compute_scan_stats(image))
     zoom = be.scale(spacing)
     left_image = ndi.zoom(image[..., :cut].astype(np.float32), zoom, order=1)
     left_labels = ndi.zoom(labels[..., :cut], zoom, order=0)
@@ -120,11 +106,12 @@ def run_case(name: str, minutes: float, work: Path) -> None:
             "max_minutes": minutes,
         },
     }
-    before = score_right_half(labels, segment(init, image, spacing), cut)
+    before = score_right_half(labels, segment_one_tile("model", init, image, spacing, True)[0], cut)
     t0 = time.perf_counter()
     summary = train(config, show_progress=False)
     seconds = time.perf_counter() - t0
-    after = score_right_half(labels, segment(str(out), image, spacing), cut)
+    tuned = segment_one_tile("model", str(out), image, spacing, True)[0]
+    after = score_right_half(labels, tuned, cut)
     epochs = len([h for h in summary["history"] if h["loss"] is not None])
     print(
         f"{name:>10} {before[0.5]:>10.3f} {before[0.75]:>10.3f} {after[0.5]:>9.3f} "

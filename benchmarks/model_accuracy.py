@@ -31,13 +31,19 @@ from cellseg.segmentation.training import synthetic_images
 REAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-dev"
 
 
-def _segment(name, model, nd, img, spacing, auto: bool):
-    """Labels of one image as one tile; the diameter measured first when ``auto``."""
-    stats = compute_scan_stats(img)
-    be = get_backend(name, model, ndim=nd)
+def measured_backend(name, model, img, spacing, stats, auto: bool = True):
+    """The backend for one image, with its diameter measured first when ``auto``."""
+    be = get_backend(name, model, ndim=img.ndim)
     diameter = be.estimate_diameter_um(img, spacing, stats) if auto else None
     if diameter:
-        be = get_backend(name, model, ndim=nd, diameter_um=diameter)
+        be = get_backend(name, model, ndim=img.ndim, diameter_um=diameter)
+    return be, diameter
+
+
+def segment_one_tile(name, model, img, spacing, auto: bool):
+    """Labels of one image as one tile, and the diameter measured (or None)."""
+    stats = compute_scan_stats(img)
+    be, diameter = measured_backend(name, model, img, spacing, stats, auto)
     return be.predict([normalize(img, stats)], spacing, stats)[0], diameter
 
 
@@ -53,7 +59,7 @@ def synthetic(args) -> None:
                 for auto in (False, True) if name == "model" else (False,):
                     a50, a75 = [], []
                     for img, truth, spacing in data:
-                        lab, _ = _segment(name, model, nd, img, spacing, auto)
+                        lab, _ = segment_one_tile(name, model, img, spacing, auto)
                         a50.append(match_instances(truth, lab, 0.5)["ap"])
                         a75.append(match_instances(truth, lab, 0.75)["ap"])
                     print(
@@ -84,7 +90,7 @@ def real(args) -> None:
     for name in args.backends:
         model = args.model3d if name == "model" else None
         for auto in (False, True) if name == "model" else (False,):
-            lab, d = _segment(name, model, 3, img, spacing, auto)
+            lab, d = segment_one_tile(name, model, img, spacing, auto)
             lab = lab[17:]
             r = match_instances(truth, lab, 0.5)
             est = f"{d:9.2f} {d / true_d - 1:+6.0%}" if d else f"{'-':>9} {'-':>6}"

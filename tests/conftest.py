@@ -157,3 +157,15 @@ def tiny_reference(tmp_path_factory, tiny_scan):
     proc = run(snakemake_cmd(workdir, "--cores", "2", target), workdir)
     assert proc.returncode == 0, output_of(proc)
     return workdir / "results" / SCAN
+
+
+@pytest.fixture
+def tiny_unet():
+    """The architecture of a tiny model that trains in seconds (tests of training)."""
+    return {
+        "class": "monai.networks.nets.UNet",
+        "channels": [8, 8, 16, 16],
+        "strides": [2, 2, 2],
+        "num_res_units": 0,
+        "norm": "batch",
+    }

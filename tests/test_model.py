@@ -80,21 +80,13 @@ def test_a_tiny_model_learns():
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-def test_training_command_writes_a_model_and_resumes(tmp_path):
+def test_training_command_writes_a_model_and_resumes(tmp_path, tiny_unet):
     from cellseg.segmentation.training import train
 
     cfg = {
         "spatial_dims": 2,
         "out": str(tmp_path / "m"),
-        "model": {
-            "architecture": {
-                "class": "monai.networks.nets.UNet",
-                "channels": [8, 8, 16, 16],
-                "strides": [2, 2, 2],
-                "num_res_units": 0,
-                "norm": "batch",
-            }
-        },
+        "model": {"architecture": tiny_unet},
         "data": {"synthetic": {"n_images": 1, "shape": [64, 64]}},
         "validation": {"synthetic": {"n_images": 1, "shape": [64, 64]}},
         "training": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "patch": [32, 32]},
@@ -279,16 +271,10 @@ def test_random_plane_resamples_xz_planes():
     assert {(6, 5), (16, 5), (16, 6)} <= seen
 
 
-def test_a_2d_model_starts_an_orthogonal_3d_model(tmp_path):
+def test_a_2d_model_starts_an_orthogonal_3d_model(tmp_path, tiny_unet):
     from cellseg.segmentation.training import train
 
-    arch = {
-        "class": "monai.networks.nets.UNet",
-        "channels": [8, 8, 16, 16],
-        "strides": [2, 2, 2],
-        "num_res_units": 0,
-        "norm": "batch",
-    }
+    arch = tiny_unet
     base = {
         "spatial_dims": 2,
         "out": str(tmp_path / "m2"),

@@ -131,7 +131,7 @@ def test_a_backend_is_one_class_and_one_registration(scan2d):
 
 # ----------------------------------------------------------------------------- training time
 @pytest.mark.slow
-def test_max_minutes_stops_training_in_time_and_keeps_the_best(tmp_path):
+def test_max_minutes_stops_training_in_time_and_keeps_the_best(tmp_path, tiny_unet):
     from cellseg.segmentation.network import read_spec
     from cellseg.segmentation.training import train
 
@@ -139,15 +139,7 @@ def test_max_minutes_stops_training_in_time_and_keeps_the_best(tmp_path):
     cfg = {
         "spatial_dims": 2,
         "out": str(tmp_path / "m"),
-        "model": {
-            "architecture": {
-                "class": "monai.networks.nets.UNet",
-                "channels": [8, 8, 16, 16],
-                "strides": [2, 2, 2],
-                "num_res_units": 0,
-                "norm": "batch",
-            }
-        },
+        "model": {"architecture": tiny_unet},
         "data": {"synthetic": {"n_images": 2, "shape": [64, 64]}},
         "validation": {"synthetic": {"n_images": 1, "shape": [64, 64]}},
         "training": {

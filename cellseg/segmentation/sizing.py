@@ -51,14 +51,23 @@ def equivalent_diameters_um(labels: np.ndarray, spacing: Sequence[float]) -> np.
     [2.257]
     """
     sizes = np.bincount(labels.ravel())
-    edge = np.zeros_like(sizes, bool)
-    for ax in range(labels.ndim):
-        for end in (0, -1):
-            edge[np.unique(np.take(labels, end, axis=ax))] = True
-    keep = (sizes > 0) & ~edge
+    keep = (sizes > 0) & ~_on_border(labels, sizes.size, range(labels.ndim))
     keep[0] = False
-    measure = sizes[keep] * float(np.prod(spacing))
-    if labels.ndim == 2:
+    return _equivalent_diameters(sizes[keep] * float(np.prod(spacing)), labels.ndim)
+
+
+def _on_border(labels: np.ndarray, n: int, axes) -> np.ndarray:
+    """Per id below ``n``, whether it touches either end of one of ``axes``."""
+    touches = np.zeros(n, bool)
+    for ax in axes:
+        for end in (0, -1):
+            touches[np.unique(np.take(labels, end, axis=ax))] = True
+    return touches
+
+
+def _equivalent_diameters(measure: np.ndarray, ndim: int) -> np.ndarray:
+    """Diameter of the disc (2D) or ball (3D) of each area or volume."""
+    if ndim == 2:
         return 2.0 * np.sqrt(measure / np.pi)
     return np.cbrt(6.0 * measure / np.pi)
 
@@ -108,18 +117,12 @@ def blob_diameters_um(
         return np.zeros(0)
     regions = watershed(-dist, markers, mask=mask)
     sizes = np.bincount(regions.ravel(), minlength=n + 1)
-    cut = np.zeros(sizes.size, bool)
-    for ax in range(mask.ndim - 2, mask.ndim):
-        for end in (0, -1):
-            cut[np.unique(np.take(regions, end, axis=ax))] = True
+    cut = _on_border(regions, sizes.size, range(mask.ndim - 2, mask.ndim))
     keep = sizes > 0
     keep[0] = False
     if np.count_nonzero(keep & ~cut) >= 3:
         keep &= ~cut
-    measure = sizes[keep] * float(np.prod(spacing))
-    if mask.ndim == 2:
-        return np.sort(2.0 * np.sqrt(measure / np.pi))
-    return np.sort(np.cbrt(6.0 * measure / np.pi))
+    return np.sort(_equivalent_diameters(sizes[keep] * float(np.prod(spacing)), mask.ndim))
 
 
 def typical_diameter(diameters: np.ndarray, ndim: int, speck: float = 0.4) -> float:

@@ -412,10 +412,8 @@ def train(config: str | Path | dict, *, device: str = "auto", show_progress: boo
     max_seconds = None if tr_cfg["max_minutes"] is None else 60.0 * float(tr_cfg["max_minutes"])
     pool = synthetic_sources(cfg["data"]["synthetic"], seed)
     pool += folder_images(cfg["data"]["folders"], nd)
-    vs = cfg["validation"]["synthetic"]
-    if isinstance(vs, dict) and vs:
-        vs = dict(vs, seed=int(vs["seed"]) if vs.get("seed") is not None else seed + 1000)
-    val = synthetic_sources(vs, seed + 1000)
+    # a source without a seed of its own gets one apart from the training data's
+    val = synthetic_sources(cfg["validation"]["synthetic"], seed + 1000)
     val += folder_images(cfg["validation"]["folders"], nd)
     if not pool and int(cfg["training"]["epochs"]) > 0:
         raise ConfigError("the training config gives no training data (data.synthetic / folders).")
