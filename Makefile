@@ -10,7 +10,7 @@ STAMP := $(VENV)/.cellseg-installed
 RUN := PATH="$(BIN):$$PATH"
 LINT_PATHS := $(wildcard cellseg tests benchmarks)
 
-.PHONY: all venv demo test quick lint sysdeps clean distclean
+.PHONY: all venv demo test quick lint sysdeps spatialdata-venv clean distclean
 
 all: test
 
@@ -52,6 +52,30 @@ $(SYSDEPS_STAMP): Makefile
 	  echo "      install them (e.g. sudo apt-get install$$missing); until then they skip"; \
 	fi
 
+# The SpatialData export's own venv: spatialdata (0.8 needs Python >= 3.12) would move
+# pins of .venv (dask, ome-zarr), so it gets spatialdata and cellseg's dependencies
+# without torch and monai (the export needs neither). Python 3.12 or 3.13 when one is
+# found (on PATH or under pyenv), else $(PYTHON) (then an older spatialdata).
+# tests/test_spatialdata.py runs the export and the read-back there; when the venv
+# cannot be built (no package index), `make test` goes on and those tests skip.
+SD_VENV := .venv-spatialdata
+SD_STAMP := $(SD_VENV)/.cellseg-installed
+SPATIALDATA_PYTHON ?= $(firstword $(shell for p in python3.12 python3.13 \
+	$$HOME/.pyenv/versions/3.12*/bin/python3 $$HOME/.pyenv/versions/3.13*/bin/python3; do \
+	$$p -c '' 2>/dev/null && echo $$p; done) $(PYTHON))
+SD_DEPS := import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+	print(' '.join(d for d in p['dependencies'] + p['optional-dependencies']['spatialdata'] \
+	if not d.startswith(('torch', 'monai'))))
+
+spatialdata-venv: $(SD_STAMP)
+
+$(SD_STAMP): pyproject.toml
+	@{ $(SD_VENV)/bin/python -c 'import sys' 2>/dev/null || $(SPATIALDATA_PYTHON) -m venv --clear $(SD_VENV); } \
+	  && $(SD_VENV)/bin/python -m pip install -q $$($(SD_VENV)/bin/python -c "$(SD_DEPS)") \
+	  && $(SD_VENV)/bin/python -m pip install -q --no-deps -e . \
+	  && touch $@ \
+	  || echo "warning: $(SD_VENV) could not be built; the SpatialData tests will skip"
+
 demo: venv
 	$(RUN) $(VENV)/bin/snakemake --cores all --configfile configs/demo.yaml
 	@echo
@@ -70,7 +94,7 @@ lint: venv
 	$(VENV)/bin/lint-imports --no-cache
 
 # Everything: the tests and the doctests of every module (pyproject.toml).
-test: lint sysdeps
+test: lint sysdeps spatialdata-venv
 	$(RUN) $(VENV)/bin/python -m pytest -q
 
 # The fast tier (a few minutes on 2 cores): no end-to-end runs (`slow`,
@@ -85,4 +109,4 @@ clean:
 	rm -rf results demo_data .snakemake .pytest_cache .ruff_cache
 
 distclean: clean
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(SD_VENV) *.egg-info

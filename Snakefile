@@ -8,8 +8,8 @@
 # configs/config.yaml, loaded first, is a commented template without scans;
 # the --configfile given is merged over it. Stages (one rule file each,
 # workflow/rules/): synth (demo scans only), ingest, plan (checkpoint),
-# segment_tiles (one job per batch of tiles), stitch, measure, report (per
-# scan), export and report_run (per run). Every rule calls the `cellseg`
+# segment_tiles (one job per batch of tiles), stitch, measure, classify (scans
+# with a `classify` setting), report (per scan), export and report_run (per run). Every rule calls the `cellseg`
 # command line, and records its time and memory under {results}/.../benchmarks/.
 
 from snakemake.exceptions import WorkflowError
@@ -33,6 +33,11 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 
+# With --software-deployment-method apptainer every rule runs in this image
+# (config `container`, default cellseg.sif: `apptainer build cellseg.sif apptainer.def`).
+container: config["container"]
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/synth.smk"
 include: "workflow/rules/ingest.smk"
@@ -40,6 +45,7 @@ include: "workflow/rules/plan.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/stitch.smk"
 include: "workflow/rules/measure.smk"
+include: "workflow/rules/classify.smk"
 include: "workflow/rules/report.smk"
 
 

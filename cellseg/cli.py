@@ -16,8 +16,9 @@ from pathlib import Path
 
 from cellseg import __version__
 from cellseg.config import CONFIG_SCHEMA, DEFAULTS, load_schema
-from cellseg.errors import CellsegError
+from cellseg.errors import CellsegError, disk_full_error
 from cellseg.layout import scan_name
+from cellseg.lock import lock_wait
 from cellseg.parallel import dask_scheduler, keep_heap_flat
 
 #: The devices that model backends run on, as the config schema names them.
@@ -42,6 +43,13 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
         type=_channel,
         metavar="IDX|NAME",
         help="the nuclear channel of a multichannel scan, by index or name (default 0)",
+    )
+    p.add_argument(
+        "--modality",
+        choices=("auto", "fluorescence", "brightfield"),
+        default=DEFAULTS["modality"],
+        help="fluorescence, brightfield (H&E / IHC RGB slides) or auto: an 8-bit RGB scan "
+        "with a bright background is brightfield (default %(default)s)",
     )
 
 
@@ -69,6 +77,14 @@ def _add_diameter(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _level(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a level (0, 1, ...) nor auto")
+    return int(text)
+
+
 def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tile-size",
@@ -93,6 +109,14 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"tiles per batch file / workflow job (default {DEFAULTS['tiles_per_batch']})",
     )
+    p.add_argument(
+        "--level",
+        type=_level,
+        default=DEFAULTS["level"],
+        metavar="auto|N",
+        help="pyramid level segmented (labels stay full resolution); auto: for brightfield "
+        "slides the level nearest the model's pixel size, else 0 (default %(default)s)",
+    )
 
 
 def _add_backend_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -102,7 +126,10 @@ def _add_backend_options(p: argparse.ArgumentParser, defaults: bool = True) -> N
         "the default) or classical" + ("" if defaults else "; default: the plan's"),
     )
     p.add_argument(
-        "--model", metavar="NAME|PATH", help="shipped model name or model folder (backend model)"
+        "--model",
+        metavar="NAME|PATH",
+        help="shipped model name, model folder or bioimage.io package (.zip, or its "
+        "folder) of cellseg (backend model)",
     )
     p.add_argument(
         "--device",
@@ -160,10 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cellseg {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--wait-lock",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for another run that writes the same outputs to finish "
+        "(default 0: refuse at once, naming that run)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("segment", help="run every stage on one scan in this process")
-    p.add_argument("input", type=Path, help="TIFF / OME-TIFF / Zarr / OME-Zarr / .npy scan")
+    p.add_argument(
+        "input",
+        type=Path,
+        help="TIFF / OME-TIFF / Zarr / OME-Zarr / .npy scan, or a whole slide (.svs, .ndpi, ...)",
+    )
     p.add_argument("-o", "--outdir", type=Path, required=True, help="output folder")
     p.add_argument("--name", help="scan name (default: the file name)")
     p.add_argument("--force", action="store_true", help="redo stages that are up to date")
@@ -231,7 +270,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", type=Path, help="the run's combined table, linked (with --run)")
 
     p = sub.add_parser(
-        "export", help="export cell tables to CSV or AnnData, or join them into one table"
+        "classify",
+        help="cell classes OUTDIR/classes.parquet: positive-cell rules (IHC DAB, markers) "
+        "and/or a classifier trained from cells labelled in napari",
+    )
+    p.add_argument("outdir", type=Path)
+    p.add_argument(
+        "--rule",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a positive-cell rule (repeatable): dab, dab-ring, marker:CH[:METHOD] or "
+        "[NAME=]COLUMN>THRESHOLD, THRESHOLD a number, otsu, otsu-log, li, triangle, or "
+        "T1,T2,T3 for 1+/2+/3+ (README: Cell classes)",
+    )
+    p.add_argument("--rules", type=Path, metavar="FILE.yaml", help="a YAML file of rules")
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="fit a classifier on the cells labelled in napari (review/class_labels.jsonl), "
+        "print its cross-validated accuracy, save it (OUTDIR/classifier.skops) and apply it",
+    )
+    p.add_argument("--classifier", type=Path, metavar="PATH", help="apply a saved classifier")
+    p.add_argument(
+        "--save-classifier", type=Path, metavar="PATH", help="where --train saves the classifier"
+    )
+
+    p = sub.add_parser(
+        "export",
+        help="export cell tables to CSV or AnnData, join them into one table, "
+        "or export a scan's cell outlines as GeoJSON (QuPath)",
     )
     p.add_argument(
         "inputs", type=Path, nargs="+", metavar="TABLE", help="cells.parquet files or OUTDIRs"
@@ -241,10 +309,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--format",
-        choices=["csv", "anndata", "parquet"],
-        help="csv, anndata (.h5ad) or parquet (default: from the output's suffix, else csv); "
-        "several tables are joined with a scan column",
+        choices=["csv", "anndata", "parquet", "geojson", "spatialdata", "ome-zarr"],
+        help="csv, anndata (.h5ad), parquet or geojson (default: from the output's suffix, "
+        "else csv); several tables are joined with a scan column; geojson: one OUTDIR's "
+        "cell outlines for QuPath; spatialdata: OUTDIRs' images, labels, outlines and "
+        "table in one SpatialData store (-o X.zarr); ome-zarr: one OUTDIR's image and "
+        "labels copied as NGFF --ome-zarr-version (-o X.ome.zarr)",
     )
+    p.add_argument(
+        "--ome-zarr-version",
+        choices=["0.4", "0.5"],
+        default="0.4",
+        help="NGFF version of --format ome-zarr: 0.4 (Zarr v2, for viewers that do not "
+        "read 0.5 yet; the default) or 0.5 (Zarr v3, as the pipeline writes)",
+    )
+
+    p = sub.add_parser(
+        "export-model",
+        help="write a model as a bioimage.io package (.zip) that --model also takes",
+    )
+    p.add_argument("model", metavar="NAME|PATH", help="shipped model name or model folder")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the package (FILE.zip)")
 
     p = sub.add_parser(
         "export-training",
@@ -268,6 +353,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="µm per axis (default 0.5 in-plane, 2 in z)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--modality",
+        choices=("fluorescence", "brightfield"),
+        default="fluorescence",
+        help="fluorescence nuclei (default) or a brightfield RGB scan (2D)",
+    )
+    p.add_argument(
+        "--stain", choices=("he", "hdab"), default="he", help="brightfield: H&E or IHC (DAB)"
+    )
+    p.add_argument(
+        "--dab-fraction", type=float, metavar="F", help="IHC: share of DAB-positive cells"
+    )
+    p.add_argument(
+        "--slide",
+        nargs="?",
+        const="svs",
+        metavar="FLAVOUR",
+        help="brightfield: write a tiled JPEG pyramidal TIFF with scanner metadata, tissue "
+        "with glass around it (svs, the default; pyramidal-tiff, ome-tiff, ndpi-like)",
+    )
 
     p = sub.add_parser("train", help="train or fine-tune a model from a YAML config")
     p.add_argument("config", type=Path, help="training config (see cellseg.segmentation.training)")
@@ -299,9 +404,11 @@ def _run(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             pixel_size=args.pixel_size,
             channel=args.channel,
+            modality=args.modality,
             backend=args.backend,
             model=args.model,
             diameter=args.diameter,
+            level=args.level,
             device=args.device,
             batch_size=args.batch_size,
             tiles_per_batch=args.tiles_per_batch,
@@ -322,6 +429,7 @@ def _run(args: argparse.Namespace) -> int:
             name=args.name,
             pixel_size=args.pixel_size,
             channel=args.channel,
+            modality=args.modality,
             force=args.force,
         )
         print(Path(args.outdir) / info["image"])
@@ -334,6 +442,7 @@ def _run(args: argparse.Namespace) -> int:
             backend=args.backend,
             model=args.model,
             diameter=args.diameter,
+            level=args.level,
         )
         print(f"{len(content['tiles'])} tiles in {len(content['batches'])} batches")
     elif args.command == "segment-tiles":
@@ -378,24 +487,53 @@ def _run(args: argparse.Namespace) -> int:
                     "or --run -o FILE for a report over several scans"
                 )
             print(stages.report(args.outdirs[0]))
+    elif args.command == "classify":
+        result = stages.classify(
+            args.outdir,
+            rules=args.rule,
+            rules_file=args.rules,
+            train=args.train,
+            classifier=args.classifier,
+            save_to=args.save_classifier,
+        )
+        _print_classes(result)
     elif args.command == "export":
         from cellseg.export import export_tables
 
-        print(export_tables(args.inputs, args.output, fmt=args.format))
+        print(
+            export_tables(
+                args.inputs, args.output, fmt=args.format, ome_zarr_version=args.ome_zarr_version
+            )
+        )
+    elif args.command == "export-model":
+        from cellseg.segmentation.bioimageio import export_model
+
+        print(export_model(args.model, args.output))
     elif args.command == "export-training":
         from cellseg.review import export_training, read_training_index
 
         index = export_training(args.outdir, args.dest, pad=args.pad)
         print(f"{len(read_training_index(index.parent)['samples'])} samples -> {index}")
     elif args.command == "synth":
-        from cellseg.synth import write_synthetic_scan
+        from cellseg.synth import write_brightfield_scan, write_synthetic_scan
 
         labels = args.labels or args.output.with_name(scan_name(args.output) + "_labels.tif")
         shape = tuple(args.shape)
         if len(shape) not in (2, 3):
             raise CellsegError(f"--shape takes 2 (Y X) or 3 (Z Y X) values, got {len(shape)}")
         kwargs = {"spacing": tuple(args.pixel_size)} if args.pixel_size else {}
-        img, lab = write_synthetic_scan(args.output, labels, shape=shape, seed=args.seed, **kwargs)
+        if args.modality == "brightfield":
+            if len(shape) != 2:
+                raise CellsegError("a brightfield scan is 2D: give --shape Y X")
+            kwargs |= {"stain": args.stain, "slide": args.slide}
+            if args.dab_fraction is not None:
+                kwargs["dab_fraction"] = args.dab_fraction
+            write = write_brightfield_scan
+        elif args.slide or args.dab_fraction is not None or args.stain != "he":
+            raise CellsegError("--stain, --dab-fraction and --slide need --modality brightfield")
+        else:
+            write = write_synthetic_scan
+        img, lab = write(args.output, labels, shape=shape, seed=args.seed, **kwargs)
         print(img)
         print(lab)
     elif args.command == "train":
@@ -414,6 +552,37 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_classes(result: dict) -> None:
+    """What `cellseg classify` did: the classifier's accuracy, thresholds, counts, files."""
+    model = result["classifier"]
+    if model is not None:
+        m = model["metrics"]
+        if "cv_accuracy" in m:
+            print(
+                f"classifier: {m['n_labelled']} labelled cells, {m['cv_folds']}-fold "
+                f"cross-validated accuracy {m['cv_accuracy']:.3f}"
+            )
+            print("confusion (rows true, columns predicted): " + ", ".join(model["classes"]))
+            for name, row in zip(model["classes"], m["confusion"]):
+                print(f"  {name:>16} " + " ".join(f"{v:5d}" for v in row))
+        print(f"classifier: {model['path']}")
+    for rule in result["rules"]:
+        threshold = (
+            "none (constant values)" if rule["threshold"] is None else f"{rule['threshold']:.4g}"
+        )
+        print(f"rule {rule['name']}: {rule['column']} > {threshold} ({rule['method']})")
+    summary = result["summary"]
+    for c in summary["classes"]:
+        print(f"{c['name']}: {c['count']} ({c['percent']:.1f} %)")
+    if summary["positive_percent"] is not None:
+        print(f"positive: {summary['positive_percent']:.1f} %")
+    if summary["h_score"] is not None:
+        print(f"H-score: {summary['h_score']:.1f}")
+    print(f"classes: {result['classes']}")
+    if result["report"] is not None:
+        print(f"report:  {result['report']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cellseg`` console script."""
     parser = build_parser()
@@ -429,10 +598,16 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        with _dask_context(args):
+        with lock_wait(args.wait_lock), _dask_context(args):
             return _run(args)
     except CellsegError as exc:
         print(f"cellseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        full = disk_full_error(exc)
+        if full is None:
+            raise
+        print(f"cellseg {args.command}: error: {full}", file=sys.stderr)
         return 2
 
 

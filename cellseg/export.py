@@ -11,7 +11,14 @@ scan output folders) and writes
   ``x, y`` or ``x, y, z``, the order scanpy and squidpy expect) and the tables'
   metadata in ``uns["cellseg"]`` (by scan name);
 - ``parquet``: several tables joined with a ``scan`` column (the run's
-  combined ``results/cells.parquet``), their column documentation kept.
+  combined ``results/cells.parquet``), their column documentation kept;
+- ``geojson``: one scan's cell outlines with their measurements and classes,
+  for QuPath (:func:`export_geojson`, :mod:`cellseg.geojson`);
+- ``spatialdata``: several scans' images, labels, outlines and one table
+  annotating the labels in a SpatialData store (:func:`export_spatialdata`,
+  :mod:`cellseg.spatial`);
+- ``ome-zarr``: one scan's OME-Zarr image and labels copied into NGFF 0.4
+  (Zarr v2) or 0.5 (:func:`export_omezarr`, :mod:`cellseg.ngff`).
 
 Every output is written to a temporary name and renamed when complete.
 """
@@ -25,17 +32,24 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from cellseg.atomic import atomic_path
+from cellseg.classes import join_classes
 from cellseg.errors import InputError
+from cellseg.geojson import read_classes, write_geojson
+from cellseg.io import open_labels
 from cellseg.measure import Column, read_table_metadata, write_table
+from cellseg.ngff import write_omezarr
+from cellseg.review import CORRECTED, ORIGINAL, corrected_state, find_image, has_labels, table_path
+from cellseg.spatial import write_spatialdata
 
-FORMATS = ("csv", "anndata", "parquet")
-SUFFIX = {"csv": ".csv", "anndata": ".h5ad", "parquet": ".parquet"}
+FORMATS = ("csv", "anndata", "parquet", "geojson", "spatialdata", "ome-zarr")
+SUFFIX = {"csv": ".csv", "anndata": ".h5ad", "parquet": ".parquet", "geojson": ".geojson"}
 
 #: Columns that go to ``obs`` rather than ``X`` in AnnData: identifiers, flags, boxes.
 _OBS_PREFIXES = ("bbox_", "centroid_")
-_OBS_COLUMNS = ("scan", "cell_id", "touches_border", "nearest_neighbor_id")
+_OBS_COLUMNS = ("scan", "cell_id", "touches_border", "nearest_neighbor_id", "class")
 
 
 def table_file(path: str | Path) -> Path:
@@ -75,7 +89,8 @@ def read_tables(
     if not files:
         raise InputError("no cell table given")
     metas = [read_table_metadata(f) for f in files]
-    tables = [pd.read_parquet(f) for f in files]
+    # each scan's cell classes (cellseg classify) joined as a categorical `class` column
+    tables = [join_classes(pd.read_parquet(f), f) for f in files]
     if add_scan is None:
         add_scan = len(tables) > 1
     if not add_scan:
@@ -132,6 +147,8 @@ def to_anndata(table: pd.DataFrame, metas: Sequence[dict[str, Any]] = ()) -> Any
         c for c in table.columns if c not in obs_cols and pd.api.types.is_numeric_dtype(table[c])
     ]
     obs = table[obs_cols].copy()
+    if "class" in obs:
+        obs["class"] = obs["class"].astype("category")
     if "scan" in table:
         index = table["scan"].astype(str) + ":" + table["cell_id"].astype(str)
     else:
@@ -163,6 +180,7 @@ def export_tables(
     output: str | Path | None = None,
     *,
     fmt: str | None = None,
+    ome_zarr_version: str = "0.4",
 ) -> Path:
     """Export one or more cell tables to CSV, AnnData or one joined Parquet table.
 
@@ -176,8 +194,9 @@ def export_tables(
         ``cells.parquet`` files or scan output folders.
     output : path, optional
         Output file; default ``cells.<csv|h5ad>`` beside the (first) table.
-    fmt : {"csv", "anndata", "parquet"}, optional
-        Default from the output's suffix, else ``csv``.
+    fmt : {"csv", "anndata", "parquet", "geojson"}, optional
+        Default from the output's suffix, else ``csv``. ``geojson`` takes one
+        scan (:func:`export_geojson`).
 
     Returns
     -------
@@ -189,6 +208,16 @@ def export_tables(
         fmt = {v: k for k, v in SUFFIX.items()}.get(suffix, "csv")
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "geojson":
+        if len(inputs) != 1:
+            raise InputError("GeoJSON holds one scan's outlines: give one OUTDIR")
+        return export_geojson(inputs[0], output)
+    if fmt == "spatialdata":
+        return export_spatialdata(inputs, output)
+    if fmt == "ome-zarr":
+        if len(inputs) != 1:
+            raise InputError("an OME-Zarr copy holds one scan: give one OUTDIR")
+        return export_omezarr(inputs[0], output, version=ome_zarr_version)
     table, metas = read_tables(inputs, add_scan=True if fmt == "parquet" else None)
     if output is None:
         output = table_file(inputs[0]).with_suffix(SUFFIX[fmt])
@@ -218,3 +247,162 @@ def export_tables(
                 meta["cellseg.version"] = str(versions.pop())
             write_table(table, tmp, metadata=meta, columns=columns)
     return output
+
+
+def labels_source(path: str | Path) -> tuple[Path, str, Path]:
+    """The OME-Zarr image, label image name and cell table of a scan's result.
+
+    Parameters
+    ----------
+    path : path
+        A scan's output folder or its ``<scan>.ome.zarr`` (the corrected
+        labels and their table once corrections exist, else ``cells``), or a
+        cell table (``cells.parquet``, ``cells_corrected.parquet``: the label
+        image it was measured from).
+
+    Returns
+    -------
+    image : Path
+    labels : str
+    table : Path
+
+    Raises
+    ------
+    InputError
+        If `path` is no cellseg result, or the corrected labels have edits
+        that their table does not have yet.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix == ".parquet":
+        image, table = find_image(path.parent), path
+        meta = pq.read_schema(path).metadata or {}
+        labels = meta.get(b"cellseg.labels", ORIGINAL.encode()).decode()
+    else:
+        image = find_image(path)
+        labels = CORRECTED if image is not None and has_labels(image, CORRECTED) else ORIGINAL
+        table = table_path(image.parent, labels) if image is not None else path
+    if image is None:
+        raise InputError(
+            f"{path}: not a cellseg result; give a scan's output folder (cellseg segment -o)"
+        )
+    if not has_labels(image, labels):
+        raise InputError(f"{image}: has no label image {labels!r}; run the stitch stage first")
+    if labels == CORRECTED:
+        state = corrected_state(image)
+        meta = (pq.read_schema(table).metadata or {}) if table.exists() else {}
+        fresh = (
+            meta.get(b"cellseg.labels_uid") == str(state.get("uid")).encode()
+            and meta.get(b"cellseg.edits") == str(state.get("n_edits")).encode()
+        )
+        if not fresh:
+            raise InputError(
+                f"{table}: missing or older than the corrected labels; run "
+                f"`cellseg measure {image.parent} --labels {CORRECTED}` first"
+            )
+    elif not table.exists():
+        raise InputError(f"{table}: no cell table; run `cellseg measure {image.parent}` first")
+    return image, labels, table
+
+
+def export_geojson(
+    path: str | Path, output: str | Path | None = None, *, show_progress: bool = True
+) -> Path:
+    """Write a scan's cells as a QuPath-importable GeoJSON FeatureCollection.
+
+    One feature per cell of the corrected labels once a review saved
+    corrections (their table must be measured), else of ``labels/cells``;
+    classes from ``OUTDIR/classes.parquet`` where it exists
+    (:mod:`cellseg.geojson`).
+
+    Parameters
+    ----------
+    path : path
+        A scan's output folder, its OME-Zarr image or one of its cell tables
+        (:func:`labels_source`).
+    output : path, optional
+        The GeoJSON file; default the table's name with ``.geojson``
+        (``OUTDIR/cells.geojson``, ``OUTDIR/cells_corrected.geojson``).
+    show_progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Raises
+    ------
+    InputError
+        For a 3D scan, or a missing or outdated table.
+    """
+    image, labels, table_file = labels_source(path)
+    label_image = open_labels(image, labels)
+    if label_image.ndim != 2:
+        raise InputError(
+            f"{image}: a 3D scan {tuple(label_image.shape)}; GeoJSON (QuPath) outlines are 2D: "
+            "export the cell table with --format csv or anndata instead"
+        )
+    output = Path(output) if output is not None else table_file.with_suffix(".geojson")
+    return write_geojson(
+        label_image,
+        pd.read_parquet(table_file),
+        output,
+        classes=read_classes(image.parent),
+        show_progress=show_progress,
+    )
+
+
+def export_spatialdata(inputs: Sequence[str | Path], output: str | Path | None) -> Path:
+    """Write scans' images, labels, outlines and cell tables as one SpatialData store.
+
+    Each scan's labels and table are those of :func:`labels_source` (the
+    corrected ones once a review saved and measured corrections); the tables
+    are joined with a ``scan`` column (:func:`to_anndata`). See :mod:`cellseg.spatial`.
+
+    Parameters
+    ----------
+    inputs : sequence of path
+        Scan output folders (or their OME-Zarr images or cell tables).
+    output : path
+        The store (``.zarr``).
+
+    Returns
+    -------
+    Path
+        The written store.
+    """
+    if output is None:
+        raise InputError("give the SpatialData store's path (-o NAME.zarr)")
+    sources = [labels_source(p) for p in inputs]
+    table, metas = read_tables([t for _, _, t in sources], add_scan=True)
+    names = [str(m.get("scan") or t.parent.name) for m, (_, _, t) in zip(metas, sources)]
+    scans = [
+        (name, image, labels, table[table["scan"] == name].drop(columns="scan"))
+        for name, (image, labels, _) in zip(names, sources)
+    ]
+    return write_spatialdata(scans, to_anndata(table, metas), output)
+
+
+def export_omezarr(path: str | Path, output: str | Path | None, *, version: str = "0.4") -> Path:
+    """Copy a scan's OME-Zarr image and labels into NGFF `version` (:mod:`cellseg.ngff`).
+
+    Parameters
+    ----------
+    path : path
+        A scan's output folder or its OME-Zarr image.
+    output : path
+        The copy (``.ome.zarr``).
+    version : {"0.4", "0.5"}
+        NGFF version; 0.4 is written on Zarr v2.
+
+    Returns
+    -------
+    Path
+        The written copy.
+    """
+    if output is None:
+        raise InputError("give the copy's path (-o NAME.ome.zarr)")
+    image = find_image(Path(path))
+    if image is None:
+        raise InputError(f"{path}: not a cellseg result; give a scan's output folder")
+    return write_omezarr(image, output, version=version)

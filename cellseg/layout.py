@@ -20,6 +20,7 @@ WORK = "work"
 
 #: File-name endings of the scan formats, longest first (``.ome.tif`` before ``.tif``).
 SCAN_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".npy")
+SCAN_SUFFIXES += (".svs", ".ndpi", ".scn", ".bif", ".mrxs", ".vms", ".dcm")  # whole-slide images
 
 
 def work_dir(outdir: Path) -> Path:

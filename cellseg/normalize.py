@@ -37,11 +37,15 @@ def subsample(image, max_samples: int = 4_000_000) -> np.ndarray:
 
 def _strided_sample(image, max_samples: int) -> np.ndarray:
     """:func:`subsample` in the image's own dtype, flattened."""
-    return _strided_grid(image, max_samples).ravel()
+    return sample_grid(image, max_samples).ravel()
 
 
-def _strided_grid(image, max_samples: int) -> np.ndarray:
-    """Every ``stride``-th pixel along each axis (the same stride on all), as an array."""
+def sample_grid(image, max_samples: int) -> np.ndarray:
+    """Every ``stride``-th pixel along each axis (the same stride on all), as a numpy array.
+
+    The stride is chosen so that at most about ``max_samples`` values are
+    read; a dask array is computed.
+    """
     size = math.prod(image.shape)
     stride = max(1, math.ceil((size / max_samples) ** (1.0 / image.ndim)))
     sample = image[tuple(slice(None, None, stride) for _ in range(image.ndim))]
@@ -159,7 +163,7 @@ def compute_scan_stats(image, *, source: str = "scan", max_samples: int = 4_000_
     InputError
         If the image contains NaN or infinite values or is constant.
     """
-    grid = _strided_grid(image, max_samples)
+    grid = sample_grid(image, max_samples)
     sample = grid.ravel()
     # 8- and 16-bit unsigned samples stay in their dtype (a quarter of the memory of
     # float64) where that gives the float64 results exactly: min, max and percentiles
@@ -184,7 +188,13 @@ def compute_scan_stats(image, *, source: str = "scan", max_samples: int = 4_000_
         )
     pct = np.percentile(values, PERCENTILES)
     low = float(pct[1])
-    level, n_objects = nucleus_level(grid, low, float(pct[3]))
+    median = float(pct[3])
+    if median <= low:
+        # more than half the scan at the background level (a slide's glass, where
+        # the haematoxylin amount is 0): the objects' scale is that of the rest
+        above = values[values > low]
+        median = float(np.median(above)) if above.size else median
+    level, n_objects = nucleus_level(grid, low, median)
     del grid
     if n_objects and level > low:
         high = low + (level - low) / NUCLEUS_LEVEL

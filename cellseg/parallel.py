@@ -214,11 +214,63 @@ def trim_heap() -> None:
 
 
 def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, e.g. a SLURM allocation)."""
+    """CPUs this process was given: the least of what its affinity, cgroup and SLURM allow.
+
+    The affinity mask (``taskset``, SLURM's CPU binding), the cgroup's CPU quota
+    (a container's or a SLURM job's ``cpu.max``, rounded up) and
+    ``SLURM_CPUS_PER_TASK`` each bound the count; at least 1.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        count = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        count = min(count, quota)
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm.isdigit() and int(slurm) > 0:
+        count = min(count, int(slurm))
+    return max(1, count)
+
+
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> int | None:
+    """CPUs of this process's cgroup quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), rounded up.
+
+    None when there is no quota or no cgroup to read.
+    """
+    own = ""
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                hierarchy, _, rest = line.strip().partition(":")
+                controllers, _, where = rest.partition(":")
+                if hierarchy == "0" or "cpu" in controllers.split(","):
+                    own = where
+                    break
+    except OSError:
+        pass
+    limits = []
+    for folder in {os.path.join(root, own.lstrip("/")), root}:
+        quota, period = _read_words(os.path.join(folder, "cpu.max"))[:2] or (None, None)
+        if quota is None:
+            v1 = os.path.join(root, "cpu", own.lstrip("/")) if own else os.path.join(root, "cpu")
+            quota = next(iter(_read_words(os.path.join(v1, "cpu.cfs_quota_us"))), None)
+            period = next(iter(_read_words(os.path.join(v1, "cpu.cfs_period_us"))), None)
+        try:
+            q, p = int(quota), int(period)
+        except (TypeError, ValueError):
+            continue  # "max", -1 or absent: no quota
+        if q > 0 and p > 0:
+            limits.append(max(1, -(-q // p)))
+    return min(limits) if limits else None
+
+
+def _read_words(path: str) -> list[str]:
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except OSError:
+        return []
 
 
 def map_chunks(

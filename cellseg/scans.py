@@ -21,12 +21,14 @@ from cellseg.config import SCAN_NAME_PATTERN
 from cellseg.errors import ConfigError
 from cellseg.layout import scan_name
 
-#: A scan name's characters, those that the config schema's pattern for scan names allows.
-NAME_CHARS = re.fullmatch(r"\^\[(.+)\]\+\$", SCAN_NAME_PATTERN).group(1)
+#: The characters that may start a scan name, and those of the rest (the schema's pattern).
+FIRST_CHARS, NAME_CHARS = re.fullmatch(r"\^\[(.+)\]\[(.+)\]\*\$", SCAN_NAME_PATTERN).groups()
 #: A character that a scan name may not contain.
 UNSAFE_CHAR = re.compile(f"[^{NAME_CHARS}]")
+#: Longest scan name (it names files: ``<name>.ome.zarr`` must fit a file name's 255 bytes).
+MAX_NAME_LENGTH = 200
 # Per-pattern settings copied onto every scan that the pattern matches.
-INPUT_SETTINGS = ("pixel_size", "channel", "tile_size", "overlap", "diameter")
+INPUT_SETTINGS = ("pixel_size", "channel", "modality", "tile_size", "overlap", "diameter")
 # The workflow's stages in order, as named by their log files.
 STAGES = ("synth", "ingest", "plan", "segment_tiles", "stitch", "measure", "report")
 
@@ -45,8 +47,56 @@ def scan_name_of(path: str | os.PathLike[str]) -> str:
     >>> scan_name_of("/data/embryo (2).zarr")
     'embryo__2_'
     """
-    name = scan_name(Path(os.fspath(path).rstrip("/\\")))
-    return UNSAFE_CHAR.sub("_", name) or "scan"
+    name = UNSAFE_CHAR.sub("_", scan_name(Path(os.fspath(path).rstrip("/\\"))))
+    if name and not re.match(f"[{FIRST_CHARS}]", name):
+        name = "_" + name
+    return name[:MAX_NAME_LENGTH] or "scan"
+
+
+def default_scan_name(path: str | os.PathLike[str]) -> str:
+    """The name of a scan given without ``--name``: its file name without the image extensions.
+
+    Unlike :func:`scan_name_of` it keeps spaces and other printable characters
+    (``run 3.tif`` is ``run 3``); control characters become ``_``, and a name
+    that would be hidden or empty (``.x``, ``..``) gets a leading ``_``.
+
+    Examples
+    --------
+    >>> default_scan_name("/data/run 3.ome.tif"), default_scan_name("/data/.a\x07b.tif")
+    ('run 3', '_.a_b')
+    """
+    name = re.sub(r"[\x00-\x1f\x7f/\\]", "_", scan_name(Path(os.fspath(path).rstrip("/\\"))))
+    if name.startswith(".") or not name:
+        name = "_" + name
+    return name[:MAX_NAME_LENGTH]
+
+
+def check_scan_name(name: str, where: str = "--name") -> str:
+    """`name` if it is a safe scan name (the schema's pattern), else a :class:`ConfigError`.
+
+    A scan name names files inside OUTDIR, so it may not leave it or hide
+    there: no ``/``, ``..`` as a name, leading dot, control characters.
+
+    Examples
+    --------
+    >>> check_scan_name("slide-7")
+    'slide-7'
+    >>> check_scan_name("../etc")
+    Traceback (most recent call last):
+    ...
+    cellseg.errors.ConfigError: --name '../etc' is not a scan name: ...
+    """
+    if (
+        isinstance(name, str)
+        and re.fullmatch(SCAN_NAME_PATTERN, name)
+        and len(name) <= MAX_NAME_LENGTH
+    ):
+        return name
+    raise ConfigError(
+        f"{where} {name!r} is not a scan name: use letters, digits, '_', '.' and '-', "
+        f"starting with a letter, digit or '_', at most {MAX_NAME_LENGTH} characters "
+        f"(e.g. {scan_name_of(str(name)) if isinstance(name, str) else 'scan1'!r})."
+    )
 
 
 def expand_scans(
@@ -63,7 +113,7 @@ def expand_scans(
         Scan name → settings (``path`` and optional per-scan settings).
     inputs : iterable of mapping, optional
         Each has a ``glob`` pattern (relative patterns are relative to `root`)
-        and optional settings (``pixel_size``, ``channel``, ``tile_size``,
+        and optional settings (``pixel_size``, ``channel``, ``modality``, ``tile_size``,
         ``overlap``, ``diameter``) for every file or folder it matches. A matched path is
         named by :func:`scan_name_of`.
     root : path

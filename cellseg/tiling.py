@@ -351,3 +351,52 @@ def merge_boxes(boxes: dict[Any, Box]) -> list[tuple[Box, list[Any]]]:
                     break
         clusters.append((box, sorted(members)))
     return sorted(clusters)
+
+
+def level_factors(ndim: int, level: int) -> tuple[int, ...]:
+    """Full-resolution pixels per pixel of pyramid ``level``, per axis (levels halve Y and X).
+
+    Examples
+    --------
+    >>> level_factors(3, 2)
+    (1, 4, 4)
+    """
+    return (1,) * (ndim - 2) + (2**level, 2**level)
+
+
+def box_at_level(box: Box, factors: Sequence[int]) -> Box:
+    """The pixels of a coarser level that cover ``box`` (a full-resolution box).
+
+    Examples
+    --------
+    >>> box_at_level(((3, 10), (0, 8)), (2, 2))
+    ((1, 5), (0, 4))
+    """
+    return tuple((lo // k, -(-hi // k)) for (lo, hi), k in zip(box, factors))
+
+
+def labels_to_full(labels: np.ndarray, box: Box, factors: Sequence[int]) -> np.ndarray:
+    """Labels of :func:`box_at_level` ``(box)`` on the full-resolution grid of ``box``.
+
+    Each coarse pixel becomes a block of full-resolution pixels (nearest
+    neighbour); where a coarse level's edge stops short of the scan's (odd
+    sizes), the last pixels are repeated.
+
+    Examples
+    --------
+    >>> labels_to_full(np.array([[1, 2], [3, 4]]), ((1, 4), (0, 3)), (2, 2))
+    array([[1, 1, 2],
+           [3, 3, 4],
+           [3, 3, 4]])
+    """
+    full = labels
+    for axis, k in enumerate(factors):
+        if k > 1:
+            full = np.repeat(full, k, axis=axis)
+    want = [hi - lo for lo, hi in box]
+    offset = [lo - (lo // k) * k for (lo, _), k in zip(box, factors)]
+    full = full[tuple(slice(o, o + n) for o, n in zip(offset, want))]
+    short = [(0, n - m) for n, m in zip(want, full.shape)]
+    if any(s for _, s in short):
+        full = np.pad(full, short, mode="edge")
+    return full

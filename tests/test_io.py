@@ -495,7 +495,8 @@ def test_reader_registry_picks_readers_by_name_and_lists_formats(tmp_path):
     (store / "zarr.json").write_text("{}")
     assert find_reader(store).name == "zarr"
     assert supported_formats() == (
-        "TIFF / OME-TIFF / ImageJ TIFF (.tif, .tiff), Zarr / OME-Zarr (.zarr), NumPy (.npy)"
+        "TIFF / OME-TIFF / ImageJ TIFF (.tif, .tiff), Zarr / OME-Zarr (.zarr), NumPy (.npy), "
+        "whole-slide image (.svs, .ndpi, .scn, .bif, .mrxs, .vms, .dcm)"
     )
     (tmp_path / "file.zarr").write_bytes(b"")
     with pytest.raises(InputError, match="a Zarr store must be a directory; this is a file"):

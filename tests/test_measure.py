@@ -15,6 +15,7 @@ import pytest
 from skimage.measure import regionprops
 
 from cellseg.measure import (
+    OD_STATS,
     channel_keys,
     column_schema,
     measure_cells,
@@ -425,23 +426,31 @@ def test_empty_label_image():
 
 
 # ----------------------------------------------------------------------------- schema
-def _readme_columns(axes: str, channels: list[str]) -> dict[str, str]:
+def _readme_columns(axes: str, channels: list[str], stains: list[str] = ()) -> dict[str, str]:
     """The columns the README's table lists for a scan, with their units."""
     text = (REPO / "README.md").read_text()
     section = text.split("### Cell table columns", 1)[1].split("\n#", 1)[0]
     out = {}
     for line in section.splitlines():
-        m = re.match(r"\|\s*`([^`]+)`(?:\s*\((2D|3D)\))?\s*\|\s*([^|]*)\|", line)
+        m = re.match(r"\|\s*`([^`]+)`(?:\s*\((2D|3D|brightfield)\))?\s*\|\s*([^|]*)\|", line)
         if not m:
             continue
         name, dims, unit = m.group(1), m.group(2), m.group(3).strip()
-        if dims and dims != f"{len(axes)}D":
+        if dims == "brightfield" and not stains:
+            continue
+        if dims in ("2D", "3D") and dims != f"{len(axes)}D":
             continue
         names = [name]
         if "<ax>" in name:
             names = [n.replace("<ax>", a) for n in names for a in axes]
         if "<ch>" in name:
             names = [n.replace("<ch>", c) for n in names for c in channels]
+        if "<stat>" in name:
+            names = [n.replace("<stat>", t) for n in names for t in OD_STATS]
+        if "<stain>" in name:
+            names = [n.replace("<stain>", t) for n in names for t in stains]
+        if "<rgb>" in name:
+            names = [n.replace("<rgb>", t) for n in names for t in "rgb"]
         for n in names:
             out[n] = "" if unit in ("–", "-") else unit
     return out
@@ -523,3 +532,163 @@ def test_table_columns_read_by_row_group_equal_pandas(tmp_path):
     assert list(got.columns) == columns
     assert np.isnan(got["area_um2"][3]) and got["area_um2"][4] == 2.0
     assert np.isnan(got["count"][11]) and got["count"][12] == 12.0
+
+
+# ----------------------------------------------------------------------------- fixtures
+DATA = Path(__file__).resolve().parent / "data"
+
+#: Relative accuracy of each column against the fixture tables (measured cell by
+#: cell before measuring went region-wide); the rest agree to 1e-9. Surfaces:
+#: float32 marching-cubes vertices, smoothed in another order.
+_FIXTURE_RTOL = {"surface_area_um2": 1e-5, "sphericity": 1e-5}
+
+
+def _fixture(ndim):
+    data = np.load(DATA / f"measure_{ndim}d.npz")
+    return data["labels"], data["image"], tuple(float(s) for s in data["spacing"])
+
+
+def _measure_fixture(ndim, **kwargs):
+    labels, image, spacing = _fixture(ndim)
+    names = [f"ch{c}" for c in range(len(image))]
+    return measure_cells(labels, image, spacing=spacing, channel_names=names, **kwargs)
+
+
+def _angle_gap(a, b):
+    """Difference of undirected axes' angles in degrees (0..90)."""
+    d = np.abs(a - b) % 180.0
+    return np.minimum(d, 180.0 - d)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_table_equals_the_fixture(ndim):
+    expected = pd.read_parquet(DATA / f"measure_{ndim}d.parquet")
+    for kwargs in ({}, {"chunks": (40, 48) if ndim == 2 else (8, 40, 32), "threads": 2}):
+        table = _measure_fixture(ndim, **kwargs)
+        assert list(table.columns) == list(expected.columns)
+        assert list(table.dtypes) == list(expected.dtypes)
+        np.testing.assert_array_equal(table["cell_id"], expected["cell_id"])
+        # ill-defined orientations: round cells, and in 3D a major axis along z
+        round_ = (table["elongation"] < 1 + 1e-6).to_numpy()
+        for name in expected.columns:
+            new, old = table[name].to_numpy(), expected[name].to_numpy()
+            if name.startswith("orientation"):
+                keep = ~round_
+                if name == "orientation_azimuth_deg":
+                    keep &= expected["orientation_polar_deg"].to_numpy() > 1e-3
+                assert _angle_gap(new[keep], old[keep]).max() < 1e-6, name
+                continue
+            if new.dtype.kind in "biu":
+                np.testing.assert_array_equal(new, old, err_msg=name)
+                continue
+            rtol = _FIXTURE_RTOL.get(name, 1e-9)
+            np.testing.assert_allclose(new, old, rtol=rtol, atol=1e-9, err_msg=name)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_table_agrees_with_regionprops(ndim):
+    from skimage.measure import regionprops_table
+
+    labels, image, spacing = _fixture(ndim)
+    table = _measure_fixture(ndim).set_index("cell_id")
+    props = ["label", "area", "centroid", "bbox", "equivalent_diameter_area"]
+    props += ["axis_major_length", "axis_minor_length", "extent", "euler_number"]
+    props += ["intensity_mean", "intensity_min", "intensity_max", "intensity_std"]
+    if ndim == 2:
+        props += ["eccentricity"]
+    ref = pd.DataFrame(
+        regionprops_table(labels, np.moveaxis(image, 0, -1), properties=props, spacing=spacing)
+    ).set_index("label")
+    t = table.loc[ref.index]
+    axes = "yx" if ndim == 2 else "zyx"
+    size = "area_um2" if ndim == 2 else "volume_um3"
+    close = {
+        size: "area",
+        "equivalent_diameter_um": "equivalent_diameter_area",
+        "major_axis_length_um": "axis_major_length",
+        "minor_axis_length_um": "axis_minor_length",
+        "extent": "extent",
+        **({"eccentricity": "eccentricity"} if ndim == 2 else {}),
+    }
+    for a, ax in enumerate(axes):
+        close[f"centroid_{ax}_um"] = f"centroid-{a}"
+    for c in range(len(image)):
+        for stat in ("mean", "min", "max", "std"):
+            close[f"intensity_{stat}_ch{c}"] = f"intensity_{stat}-{c}"
+    for ours, theirs in close.items():
+        np.testing.assert_allclose(t[ours], ref[theirs], rtol=1e-6, atol=1e-6, err_msg=ours)
+    for a, ax in enumerate(axes):
+        np.testing.assert_array_equal(t[f"bbox_{ax}_start_px"], ref[f"bbox-{a}"])
+        np.testing.assert_array_equal(t[f"bbox_{ax}_stop_px"], ref[f"bbox-{a + ndim}"])
+    np.testing.assert_array_equal(t["euler_number"], ref["euler_number"])
+
+
+# ----------------------------------------------------------------------------- brightfield
+def test_brightfield_stain_columns_by_hand():
+    from cellseg.stain import reference_stains
+
+    stains = reference_stains("he")
+    # a nucleus of 4 pixels (two colours), its ring of 1 µm: 8 glass-ish pixels
+    rgb = np.full((3, 6, 6), 240, np.uint8)
+    labels = np.zeros((6, 6), np.uint32)
+    labels[2:4, 2:4] = 5
+    colours = {(2, 2): (90, 60, 150), (2, 3): (90, 60, 150), (3, 2): (120, 80, 170)}
+    colours[(3, 3)] = (60, 40, 120)
+    for (y, x), c in colours.items():
+        rgb[:, y, x] = c
+    ring_colour = (230, 160, 200)
+    ring = [(1, 2), (1, 3), (4, 2), (4, 3), (2, 1), (3, 1), (2, 4), (3, 4)]
+    for y, x in ring:
+        rgb[:, y, x] = ring_colour
+    table = measure_cells(
+        labels,
+        rgb,
+        spacing=(1.0, 1.0),
+        channel_names=["R", "G", "B"],
+        ring_width_um=1.0,
+        stains=stains,
+    )
+    row = table.iloc[0]
+    # Beer-Lambert by hand: OD = -log10(I / 255); amounts solve OD = amounts @ vectors
+    vectors = np.asarray(stains["vectors"], dtype=np.float64)
+
+    def amounts(colour):
+        od = -np.log10(np.maximum(np.asarray(colour, float), 1) / 255.0)
+        return np.linalg.solve(vectors.T, od)
+
+    inside = np.array([amounts(c) for c in colours.values()])
+    for j, name in enumerate(["hematoxylin", "eosin"]):
+        v = inside[:, j]
+        assert row[f"od_mean_{name}"] == pytest.approx(v.mean(), abs=1e-5)
+        assert row[f"od_median_{name}"] == pytest.approx(np.median(v), abs=1e-5)
+        assert row[f"od_std_{name}"] == pytest.approx(v.std(), abs=1e-5)
+        assert row[f"od_max_{name}"] == pytest.approx(v.max(), abs=1e-5)
+        around = amounts(ring_colour)[j]
+        assert row[f"ring_od_mean_{name}"] == pytest.approx(around, abs=1e-5)
+        assert row[f"ring_od_max_{name}"] == pytest.approx(around, abs=1e-5)
+        assert row[f"ring_od_std_{name}"] == pytest.approx(0, abs=1e-5)
+    assert inside[:, 0].mean() > amounts(ring_colour)[0]  # the nucleus is the bluer
+    rgb_means = np.mean(list(colours.values()), axis=0)
+    for j, c in enumerate("rgb"):
+        assert row[f"rgb_mean_{c}"] == pytest.approx(rgb_means[j])
+        assert row[f"ring_rgb_mean_{c}"] == pytest.approx(ring_colour[j])
+    assert row["ring_n_pixels"] == 8
+    assert "od_mean_dab" not in table
+    names = [c.name for c in column_schema("yx", ["r", "g", "b"], stains=stains["names"])]
+    assert list(table.columns) == names
+    assert names[-1] == "ring_rgb_mean_b"
+
+
+def test_brightfield_columns_in_readme(tmp_path):
+    labels = np.zeros((12, 12), np.uint32)
+    labels[3:8, 3:8] = 1
+    rgb = np.full((3, 12, 12), 200, np.uint8)
+    stains = {"names": ["hematoxylin", "dab"], "vectors": np.eye(3).tolist()}
+    table = measure_cells(labels, rgb, spacing=(0.5, 0.5), channel_names="rgb", stains=stains)
+    path = tmp_path / "cells.parquet"
+    write_table(table, path, columns=column_schema("yx", ["r", "g", "b"], stains=stains["names"]))
+    schema = pq.read_schema(path)
+    documented = _readme_columns("yx", ["r", "g", "b"], stains["names"])
+    assert set(documented) == set(schema.names)
+    for field in schema:
+        assert field.metadata[b"unit"].decode() == documented[field.name], field.name

@@ -238,3 +238,41 @@ def test_core_and_reader_import_without_napari_or_qt():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+@display
+def test_brightfield_scan_opens_as_one_rgb_layer(make_napari_viewer, tmp_path):
+    import tifffile
+
+    from cellseg.napari._reader import is_brightfield
+    from cellseg.stages import segment
+    from cellseg.synth import synthesize_scan
+
+    nuclei, _ = synthesize_scan((96, 96), spacing=(0.5, 0.5), seed=2)
+    stain = nuclei.astype(float) / nuclei.max()  # haematoxylin-purple nuclei on white glass
+    rgb = np.stack([255 - 120 * stain, 255 - 170 * stain, 255 - 60 * stain], -1).astype(np.uint8)
+    path = tmp_path / "he.ome.tif"
+    tifffile.imwrite(
+        path, rgb, ome=True, photometric="rgb",
+        metadata={"axes": "YXS", "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5},
+    )  # fmt: skip
+    segment(path, tmp_path / "he", modality="brightfield", backend="classical", show_progress=False)
+    assert json.loads((tmp_path / "he" / "work" / "ingest.json").read_text())["modality"] == (
+        "brightfield"
+    )
+    viewer = make_napari_viewer()
+    layers = viewer.open(tmp_path / "he", plugin="cellseg")
+    assert [type(layer).__name__ for layer in layers] == ["Image", "Labels"]
+    image, cells = layers
+    assert image.rgb and image.name == "he" and cells.name == "cells"
+    assert np.array_equal(np.asarray(image.data), rgb)
+    assert cells.data.shape == (96, 96) and cells.data.max() > 0
+    assert tuple(image.scale) == tuple(cells.scale) == (0.5, 0.5)
+    np.testing.assert_allclose(image.extent.world, cells.extent.world)
+    assert list(image.contrast_limits) == [0, 255]
+    assert viewer.layers[-1] is cells  # the cells over the slide
+    # without a recorded modality: 8-bit R, G, B channels are RGB, other scans are not
+    assert is_brightfield(tmp_path, {}, np.uint8, ["R", "G", "B"])
+    assert not is_brightfield(tmp_path, {}, np.uint16, ["R", "G", "B"])
+    assert not is_brightfield(tmp_path, {}, np.uint8, ["DAPI", "GFP", "RFP"])
+    assert not is_brightfield(tmp_path, {"modality": "fluorescence"}, np.uint8, ["R", "G", "B"])

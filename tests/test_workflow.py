@@ -63,7 +63,7 @@ def test_template_lists_no_scans():
     template = yaml.safe_load((REPO / "configs" / "config.yaml").read_text())
     assert template == {"scans": {}, "inputs": []}
     demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    assert sorted(demo["scans"]) == ["demo2d", "demo3d"]
+    assert sorted(demo["scans"]) == ["demo2d", "demo3d", "demo_he"]
 
 
 def _with_template(workdir: Path) -> None:

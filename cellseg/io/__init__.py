@@ -15,6 +15,9 @@ Modules
 :mod:`cellseg.io.metadata`
     Axes, physical pixel sizes and units from OME-XML, ImageJ, TIFF tags and
     NGFF metadata.
+:mod:`cellseg.io.slide`
+    Whole-slide images: :func:`open_slide` (a pyramid level, lazily, with its
+    pixel size, objective power and levels), :func:`slide_info`.
 :mod:`cellseg.io.omezarr`
     Writing the OME-Zarr image pyramid (NGFF 0.5, Zarr v3) and label images.
 
@@ -24,6 +27,9 @@ Supported inputs
 * Zarr (a directory): a plain array, a group holding a single array, or an
   OME-Zarr image (NGFF 0.4 on Zarr v2, NGFF 0.5 on Zarr v3; level 0 is read).
 * NumPy ``.npy`` files, memory-mapped.
+* Whole-slide images (:mod:`cellseg.io.slide`): Aperio SVS, Hamamatsu NDPI,
+  generic tiled pyramidal TIFF and OME-TIFF (tiffslide), and through
+  OpenSlide, when installed, Leica SCN, MIRAX, VMS, DICOM WSI; read tile by tile.
 
 Outputs
 -------
@@ -37,20 +43,26 @@ from __future__ import annotations
 from cellseg.io.omezarr import (
     create_labels,
     finalize_labels,
+    image_levels,
     open_labels,
     read_image_attrs,
     write_image,
 )
 from cellseg.io.scan import Scan, channel_index, open_image, read_scan
+from cellseg.io.slide import Slide, open_slide, slide_info
 
 __all__ = [
     "Scan",
+    "Slide",
     "channel_index",
     "create_labels",
     "finalize_labels",
+    "image_levels",
     "open_image",
     "open_labels",
+    "open_slide",
     "read_image_attrs",
     "read_scan",
+    "slide_info",
     "write_image",
 ]

@@ -39,6 +39,7 @@ __all__ = [
     "PYRAMID_MAX_EDGE",
     "create_labels",
     "finalize_labels",
+    "image_levels",
     "open_labels",
     "read_image_attrs",
     "write_image",
@@ -119,7 +120,7 @@ def write_image(
     The store is Zarr v3 with NGFF 0.5 metadata: ``multiscales`` (axes typed
     ``channel`` / ``space`` with unit ``micrometer``, a ``scale`` transform per
     level = spacing × 2**level in Y and X) and ``omero`` channel labels. The group
-    is first written to ``<name>.tmp-<pid>`` next to `path`, then renamed.
+    is first written to ``<name>.tmp-<pid>@<host>`` next to `path`, then renamed.
     """
     # ome-zarr is tens of MB of modules: loaded only when metadata is written
     from ome_zarr.format import FormatV05
@@ -487,6 +488,11 @@ def _open_group(path: Path) -> zarr.Group:
             f"{path}: cannot be read as a Zarr group ({type(exc).__name__}: {exc}); run "
             "the ingest stage again"
         ) from exc
+
+
+def image_levels(image_path: Path) -> int:
+    """Number of pyramid levels of an image written by :func:`write_image` (each halves YX)."""
+    return int(_multiscale_info(image_path)["levels"])
 
 
 def _multiscale_info(image_path: Path) -> dict:

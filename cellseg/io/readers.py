@@ -14,6 +14,10 @@ Formats
 * Zarr (a directory): a plain array, a group holding a single array, or an
   OME-Zarr image (NGFF 0.4 on Zarr v2, NGFF 0.5 on Zarr v3; level 0 is read).
 * NumPy ``.npy`` files, memory-mapped.
+* Whole-slide images (``.svs``, ``.ndpi``, ``.scn``, ``.bif``, ``.mrxs``,
+  ``.vms``, ``.dcm``, and ``.tif`` / ``.tiff`` files that are 8-bit RGB
+  pyramids or carry a scanner's metadata): :mod:`cellseg.io.slide`, level 0
+  tile by tile.
 
 A reader returns the pixels in the file's own axis order with what the file
 says about its axes, pixel sizes and channels (:class:`Raw`);
@@ -37,6 +41,7 @@ import tifffile
 import zarr
 from dask.base import tokenize
 
+from cellseg.atomic import read_at
 from cellseg.errors import InputError
 from cellseg.io.metadata import (
     imagej_spacing,
@@ -47,6 +52,7 @@ from cellseg.io.metadata import (
     positional_letters,
     tiff_tag_spacing,
 )
+from cellseg.io.slide import SLIDE_SUFFIXES, is_slide_tiff, open_slide
 
 __all__ = [
     "CONTIGUOUS_CHUNK",
@@ -56,6 +62,7 @@ __all__ = [
     "check_dtype",
     "find_reader",
     "read_npy",
+    "read_slide",
     "read_tiff",
     "read_zarr",
     "supported_formats",
@@ -143,12 +150,15 @@ def read_tiff(path: Path) -> Raw:
     InputError
         If the file cannot be read as a TIFF.
     """
+    if is_slide_tiff(path):  # a whole-slide pyramid: its levels, MPP, objective power
+        return read_slide(path)
     try:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise ValueError("no image series in file")
             series = tif.series[0]
             axes = series.get_axes(False)
+            _check_tiff_layout(path, series)
             store = series.aszarr(level=0, squeeze=False)
             contiguous = _contiguous_layout(tif, series)
             spacing: dict[str, float] = {}
@@ -160,6 +170,8 @@ def read_tiff(path: Path) -> Raw:
             else:
                 spacing = tiff_tag_spacing(tif.pages[0])
         array = zarr.open_array(store, mode="r", zarr_format=2)
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(
             f"{path}: cannot be read as a TIFF file ({type(exc).__name__}: {exc}); check "
@@ -175,11 +187,35 @@ def read_tiff(path: Path) -> Raw:
         )
         data = da.from_array(pixels, chunks=chunks, name=_dask_name(path, "tiff"), asarray=False)
     else:
-        data = da.from_zarr(array, name=_dask_name(path, "tiff"))
+        data = da.from_array(
+            _Guarded(array, path), chunks=array.chunks, name=_dask_name(path, "tiff"), asarray=False
+        )
     letters = "".join(a if a in "TCZYXS" else "?" for a in axes.upper())
     if set(letters) <= set("?YXS"):
         letters = positional_letters(letters)
     return Raw(data, letters, spacing, names)
+
+
+def _check_tiff_layout(path: Path, series: Any) -> None:
+    """Refuse a TIFF whose header claims more pixels than the file holds (header bomb, cut file).
+
+    The first and last page of the series must have the strips or tiles
+    that their size needs, inside the file.
+    """
+    size = path.stat().st_size
+    for page in (series.keyframe, series.pages[-1]):
+        if page is None:
+            continue
+        key = getattr(page, "keyframe", None) or page
+        offsets, counts = page.dataoffsets, page.databytecounts
+        needed = math.prod(key.chunked) if key.chunked else len(offsets)
+        ends = [o + c for o, c in zip(offsets, counts) if o]
+        if needed != len(offsets) or (ends and max(ends) > size):
+            raise InputError(
+                f"{path}: its header claims {' × '.join(map(str, key.shape))} pixels but the "
+                f"file does not hold them ({len(offsets)} of {needed} strips/tiles, "
+                f"{size} bytes); the file is cut short or corrupt: copy or export it again"
+            )
 
 
 def _contiguous_layout(tif: Any, series: Any) -> tuple[int, tuple[int, ...], np.dtype] | None:
@@ -265,13 +301,36 @@ class _ContiguousPixels:
                 start = self.offset + self.dtype.itemsize * start
                 done = 0
                 while done < len(raw):
-                    got = os.preadv(fd, [raw[done:]], start + done)
+                    got = read_at(fd, raw[done:], start + done)
                     if got <= 0:
                         raise OSError(f"{self.path}: the file ends before its pixels do")
                     done += got
                 rows[k] = span[pick]
         finally:
             os.close(fd)
+
+
+def read_slide(path: Path) -> Raw:
+    """Open level 0 of a whole-slide image lazily, tile by tile (:mod:`cellseg.io.slide`).
+
+    Parameters
+    ----------
+    path : Path
+        The slide file.
+
+    Returns
+    -------
+    Raw
+        RGB pixels as ``YXS`` (grey slides ``YX``), chunked by the file's
+        tiles, and the pixel size the file states (µm per pixel).
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read as a slide.
+    """
+    slide = open_slide(path)
+    return Raw(slide.data, slide.axes, dict(slide.spacing), slide.channel_names)
 
 
 def read_npy(path: Path) -> Raw:
@@ -322,8 +381,8 @@ def read_npy(path: Path) -> Raw:
     return Raw(data, letters, {}, None)
 
 
-def read_zarr(path: Path, *, require_ngff: bool) -> Raw:
-    """Open a Zarr store lazily: an OME-Zarr image (level 0), a plain array or a group of one.
+def read_zarr(path: Path, *, require_ngff: bool, level: int = 0) -> Raw:
+    """Open a Zarr store lazily: an OME-Zarr image (a level of it), a plain array or a group of one.
 
     Parameters
     ----------
@@ -331,6 +390,9 @@ def read_zarr(path: Path, *, require_ngff: bool) -> Raw:
         The store's directory.
     require_ngff : bool
         Accept only an OME-Zarr image (NGFF ``multiscales`` metadata).
+    level : int
+        The pyramid level of an OME-Zarr image (0: full resolution; the
+        coarsest when it has fewer levels), with its own pixel sizes.
 
     Returns
     -------
@@ -358,7 +420,7 @@ def read_zarr(path: Path, *, require_ngff: bool) -> Raw:
             component = "0"
             ome = ome_attrs(node)
         if "multiscales" in ome:
-            return _read_ngff(path, node, ome, component)
+            return _read_ngff(path, node, ome, component, level)
         if require_ngff:
             raise InputError(
                 f"{path}: is a Zarr group without OME-Zarr multiscales metadata; give an "
@@ -383,10 +445,10 @@ def read_zarr(path: Path, *, require_ngff: bool) -> Raw:
     return Raw(data, letters, {}, None)
 
 
-def _read_ngff(path: Path, group: zarr.Group, ome: dict, component: str) -> Raw:
+def _read_ngff(path: Path, group: zarr.Group, ome: dict, component: str, level: int = 0) -> Raw:
     try:
         multiscale = ome["multiscales"][0]
-        dataset = multiscale["datasets"][0]
+        dataset = multiscale["datasets"][min(level, len(multiscale["datasets"]) - 1)]
         array = group[dataset["path"]]
         ndim = array.ndim
         axes = multiscale.get("axes") or list("tczyx"[-ndim:])
@@ -419,7 +481,25 @@ def _read_ngff(path: Path, group: zarr.Group, ome: dict, component: str) -> Raw:
 
 def _from_zarr(array: Any, path: Path, component: str) -> Any:
     chunks = getattr(array, "shards", None) or array.chunks
-    return da.from_zarr(array, chunks=chunks, name=_dask_name(path, "zarr", component))
+    name = _dask_name(path, "zarr", component)
+    return da.from_array(_Guarded(array, path), chunks=chunks, name=name, asarray=False)
+
+
+class _Guarded:
+    """A stored array whose read errors (a corrupt or missing chunk) become one clear error."""
+
+    def __init__(self, array: Any, path: Path) -> None:
+        self.array, self.path = array, path
+        self.shape, self.dtype, self.ndim = tuple(array.shape), array.dtype, len(array.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return self.array[key]
+        except Exception as exc:
+            raise InputError(
+                f"{self.path}: a block of its pixels cannot be read ({type(exc).__name__}: "
+                f"{exc}); the file is corrupt or cut short: copy or export it again"
+            ) from None
 
 
 def _dask_name(path: Path, kind: str, component: str = "") -> str:
@@ -462,6 +542,7 @@ READERS: tuple[Reader, ...] = (
         markers=("zarr.json", ".zgroup", ".zarray"),
     ),
     Reader("npy", "NumPy", (".npy",), read_npy),
+    Reader("slide", "whole-slide image", SLIDE_SUFFIXES, read_slide),
 )
 
 
@@ -475,8 +556,11 @@ def supported_formats() -> str:
 
     Examples
     --------
-    >>> supported_formats()
-    'TIFF / OME-TIFF / ImageJ TIFF (.tif, .tiff), Zarr / OME-Zarr (.zarr), NumPy (.npy)'
+    >>> print(supported_formats().replace("), ", "),\\n"))
+    TIFF / OME-TIFF / ImageJ TIFF (.tif, .tiff),
+    Zarr / OME-Zarr (.zarr),
+    NumPy (.npy),
+    whole-slide image (.svs, .ndpi, .scn, .bif, .mrxs, .vms, .dcm)
     """
     return ", ".join(f"{r.description} ({', '.join(r.suffixes)})" for r in READERS)
 

@@ -17,9 +17,11 @@ single channel gets ``C = 1`` and a single time point is not a time series.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -114,16 +116,51 @@ def read_scan(path: str | Path, *, pixel_size: Sequence[float] | None = None) ->
             "or on the command line"
         )
     raw = find_reader(path).read(path)
+    check_chunks(path, raw.data)
     return _make_scan(path, raw, pixel_size)
 
 
-def open_image(path: Path) -> Scan:
-    """Open level 0 of an OME-Zarr image written by :func:`write_image`.
+#: Most chunks a scan may have (more make the task graph alone outgrow memory).
+MAX_CHUNKS = 1 << 22
+#: Largest chunk in bytes (one chunk is read whole; also bounds decompression bombs).
+MAX_CHUNK_BYTES = 256 << 20
+
+
+def check_chunks(path: Path, data: Any) -> None:
+    """Refuse a scan whose chunk grid would not fit in memory (a size or chunk-count bomb).
+
+    Raises
+    ------
+    InputError
+        If it has more than :data:`MAX_CHUNKS` chunks or a chunk above :data:`MAX_CHUNK_BYTES`.
+    """
+    count = math.prod(len(c) for c in data.chunks)
+    largest = math.prod(max(c, default=0) for c in data.chunks) * data.dtype.itemsize
+    shape = " × ".join(map(str, data.shape))
+    if count > MAX_CHUNKS:
+        raise InputError(
+            f"{path}: {shape} pixels in {count} chunks, more than cellseg handles "
+            f"({MAX_CHUNKS}); if the size is real, store it in larger chunks "
+            "(e.g. 1024 × 1024), else the file's header is corrupt"
+        )
+    if largest > MAX_CHUNK_BYTES:
+        raise InputError(
+            f"{path}: a chunk of {largest / 2**20:.0f} MiB ({shape} pixels), more than "
+            f"cellseg reads at once ({MAX_CHUNK_BYTES >> 20} MiB); if the size is real, save the "
+            "scan tiled or chunked (e.g. 1024 × 1024 tiles), else its header is corrupt"
+        )
+
+
+def open_image(path: Path, level: int = 0) -> Scan:
+    """Open a level (default 0: full resolution) of an OME-Zarr image from :func:`write_image`.
 
     Parameters
     ----------
     path : Path
         The OME-Zarr image group, e.g. ``OUTDIR/<scan>.ome.zarr``.
+    level : int
+        Pyramid level (each halves the in-plane axes; the coarsest when there
+        are fewer), with its own pixel sizes.
 
     Returns
     -------
@@ -138,7 +175,7 @@ def open_image(path: Path) -> Scan:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such OME-Zarr image; run the ingest stage first")
-    raw = read_zarr(path, require_ngff=True)
+    raw = read_zarr(path, require_ngff=True, level=level)
     return _make_scan(path, raw, None)
 
 

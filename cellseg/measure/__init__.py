@@ -8,7 +8,9 @@ cells crossing it, whatever the scan's size:
    combined into one row per cell (:mod:`cellseg.measure.chunks`);
 2. every cell is assigned to the chunk holding its bounding box's first
    corner; per chunk, the union of its cells' boxes (grown by the ring width)
-   is read once, and each cell is measured on its own crop. Chunks run in
+   is read once, and all its cells are measured at once: per-label reductions
+   over the region's pixels, outlines traced with OpenCV (2D), meshes per cell
+   smoothed together (3D) (:mod:`cellseg.measure.regions`). Chunks run in
    parallel threads (:mod:`cellseg.measure.cells`).
 
 Neighbour counts and nearest-neighbour distances come from the centroids
@@ -26,7 +28,11 @@ Where things are:
 ========================================  ==============================================
 :mod:`~cellseg.measure.columns`           the column schema: names, units, descriptions,
                                           dtypes (:func:`column_schema`); add a column here
-:mod:`~cellseg.measure.shape`             morphology of one cell crop (:func:`shape_features`)
+:mod:`~cellseg.measure.regions`           every cell of a region at once (:func:`measure_region`)
+:mod:`~cellseg.measure.outlines`          2D outlines, hulls, Feret diameters of many cells
+:mod:`~cellseg.measure.surfaces`          3D surfaces, Euler numbers, hulls of many cells
+:mod:`~cellseg.measure.shape`             morphology of one cell crop (:func:`shape_features`),
+                                          the reference the region functions agree with
 :mod:`~cellseg.measure.intensity`         intensities of a cell and of its ring
 :mod:`~cellseg.measure.neighbours`        neighbour counts and nearest neighbours (k-d tree)
 :mod:`~cellseg.measure.chunks`            pass 1 over the label image; chunk readers
@@ -45,8 +51,10 @@ from cellseg.measure.columns import (
     DEFAULT_NEIGHBOR_RADIUS_UM,
     DEFAULT_RING_WIDTH_UM,
     INTENSITY_STATS,
+    OD_STATS,
     TABLE_VERSION,
     Column,
+    brightfield_columns,
     channel_keys,
     column_schema,
 )
@@ -65,10 +73,12 @@ __all__ = [
     "DEFAULT_NEIGHBOR_RADIUS_UM",
     "DEFAULT_RING_WIDTH_UM",
     "INTENSITY_STATS",
+    "OD_STATS",
     "ROW_GROUP_ROWS",
     "TABLE_VERSION",
     "Column",
     "TableWriter",
+    "brightfield_columns",
     "channel_keys",
     "column_schema",
     "intensity_stats",

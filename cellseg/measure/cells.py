@@ -1,8 +1,9 @@
-"""Pass 2 and :func:`measure_cells`: every cell measured on its own crop.
+"""Pass 2 and :func:`measure_cells`: the cells of each chunk measured at once.
 
 Every cell is assigned to the chunk holding its bounding box's first corner;
 per chunk, the union of its cells' boxes (grown by the ring width) is read
-once, and each cell is measured on its own crop. Chunks run in parallel
+once, and its cells are measured together
+(:func:`cellseg.measure.regions.measure_region`). Chunks run in parallel
 threads. The cells' boxes come from pass 1 (:mod:`cellseg.measure.chunks`),
 the neighbour columns from their centroids (:mod:`cellseg.measure.neighbours`).
 """
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellseg.atomic import read_at, write_at
 from cellseg.measure.chunks import (
     cell_boxes,
     centroid_um,
@@ -28,13 +30,11 @@ from cellseg.measure.chunks import (
 from cellseg.measure.columns import (
     DEFAULT_NEIGHBOR_RADIUS_UM,
     DEFAULT_RING_WIDTH_UM,
-    INTENSITY_STATS,
     channel_keys,
     column_schema,
 )
-from cellseg.measure.intensity import intensity_stats, ring_mask
 from cellseg.measure.neighbours import Neighbors
-from cellseg.measure.shape import shape_features
+from cellseg.measure.regions import measure_region
 from cellseg.measure.table import ROW_GROUP_ROWS, TableWriter
 from cellseg.parallel import map_chunks
 from cellseg.progress import progress
@@ -49,12 +49,15 @@ def _measure_group(
     shape: tuple[int, ...],
     pad: tuple[int, ...],
     ring_width_um: float,
-    n_values: int,
+    measured: Sequence[str],
+    keys: Sequence[str],
+    stains: dict | None,
 ) -> np.ndarray:
-    """Measure the cells of one chunk on crops of one region read for them all.
+    """Measure the cells of one chunk at once, on one region read for them all.
 
-    `group` holds the cells' ids and box starts and stops; the rows come back as
-    one float array (8 bytes per value, ids and counts exact).
+    `group` holds the cells' ids (ascending) and box starts and stops; the rows
+    come back as one float array (8 bytes per value, ids and counts exact), in
+    the order of `measured`.
     """
     ids, starts, stops = group
     lo = np.maximum(starts - np.array(pad), 0)
@@ -63,22 +66,22 @@ def _measure_group(
     region = tuple(slice(int(a), int(b)) for a, b in zip(r0, r1))
     labels = read_block(label_image, region)
     image = [read_block(ch, region) for ch in channels]
-    rows = []
-    for k, cell in enumerate(ids):
-        crop = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(lo[k], hi[k], r0))
-        inner = tuple(slice(int(s - a), int(e - a)) for s, e, a in zip(starts[k], stops[k], lo[k]))
-        lab = labels[crop]
-        mask = lab == cell
-        feats = shape_features(mask[inner], spacing)
-        ring = ring_mask(mask, lab, spacing, ring_width_um)
-        row = [int(cell), *feats.values(), int(np.count_nonzero(ring))]
-        for channel in image:
-            values = channel[crop]
-            inside = intensity_stats(values[mask])
-            around = intensity_stats(values[ring])
-            row += [*inside, *around, inside[0] - around[1]]
-        rows.append(row)
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), n_values)
+    values = measure_region(
+        labels,
+        image,
+        ids,
+        starts - r0,
+        stops - r0,
+        spacing=spacing,
+        ring_width_um=ring_width_um,
+        channel_keys=keys,
+        stains=stains,
+    )
+    values["cell_id"] = ids
+    rows = np.empty((len(ids), len(measured)), np.float64)
+    for j, name in enumerate(measured):
+        rows[:, j] = values[name]
+    return rows
 
 
 class _RowStore:
@@ -110,7 +113,7 @@ class _RowStore:
             data = memoryview(rows[a:b]).cast("B")
             offset = int(index[a]) * self.row_bytes
             while len(data):
-                written = os.pwrite(self.fd, data, offset)
+                written = write_at(self.fd, data, offset)
                 data, offset = data[written:], offset + written
 
     def get(self, lo: int, hi: int) -> np.ndarray:
@@ -121,7 +124,7 @@ class _RowStore:
         view = memoryview(out).cast("B")
         offset = lo * self.row_bytes
         while len(view):
-            read = os.preadv(self.fd, [view], offset)
+            read = read_at(self.fd, view, offset)
             if read <= 0:
                 raise OSError(f"{self.path}: rows {lo}:{hi} were not all written")
             view, offset = view[read:], offset + read
@@ -149,6 +152,7 @@ def measure_cells(
     threads: int | None = 1,
     show_progress: bool = False,
     out: TableWriter | None = None,
+    stains: dict | None = None,
 ) -> pd.DataFrame | None:
     """Measure every cell of a label image: morphology, neighbours, intensities.
 
@@ -183,6 +187,11 @@ def measure_cells(
         table (:meth:`TableWriter.scratch_path`) until they can be written in
         ``cell_id`` order, so memory holds a few small arrays per cell (ids,
         boxes, centroids and their k-d tree), not the table.
+    stains : dict, optional
+        A brightfield scan's stain dict (``ingest.json``'s ``"stain"``, see
+        :mod:`cellseg.stain`): the first three channels of `intensity_image`
+        are RGB, and the stains' optical-density columns and the RGB means
+        (:func:`~cellseg.measure.columns.brightfield_columns`) are added.
 
     Returns
     -------
@@ -218,15 +227,18 @@ def measure_cells(
         threads=threads,
         show_progress=show_progress,
     )
+    stain_names = list(stains["names"]) if stains is not None else None
     schema = column_schema(
-        axes, keys, ring_width_um=ring_width_um, neighbor_radius_um=neighbor_radius_um
+        axes,
+        keys,
+        ring_width_um=ring_width_um,
+        neighbor_radius_um=neighbor_radius_um,
+        stains=stain_names,
     )
-    shape_names = list(shape_features(np.ones((1,) * nd, bool), spacing))
-    measured = ["cell_id", *shape_names, "ring_n_pixels"]
-    for k in keys:
-        measured += [f"intensity_{s}_{k}" for s in INTENSITY_STATS]
-        measured += [f"ring_intensity_{s}_{k}" for s in INTENSITY_STATS]
-        measured.append(f"intensity_mean_corrected_{k}")
+    # the columns pass 2 gives (the rest come from pass 1 and the neighbours)
+    later = {"touches_border", "n_neighbors", "nearest_neighbor_distance_um", "nearest_neighbor_id"}
+    later |= {f"centroid_{a}_um" for a in axes}
+    measured = ["cell_id"] + [c.name for c in schema if c.name not in base and c.name not in later]
     position = {name: j for j, name in enumerate(measured)}
 
     # Cells are measured per chunk (the chunk holding their box's first corner),
@@ -255,7 +267,9 @@ def measure_cells(
             shape=shape,
             pad=pad,
             ring_width_um=ring_width_um,
-            n_values=len(measured),
+            measured=measured,
+            keys=keys,
+            stains=stains,
         )
 
     store = _RowStore(n, len(measured), None if out is None else out.scratch_path("rows"))

@@ -28,13 +28,25 @@ def _block_partials(
 
     The box is in dtype `coords` (:func:`cellseg.tiling.box_dtype` of the image).
     """
-    uniq, inv = np.unique(labels, return_inverse=True)
-    inv = inv.reshape(labels.shape)
-    if uniq.size == 0 or (uniq.size == 1 and uniq[0] == 0):
+    low, high = int(labels.min()), int(labels.max())
+    if high == 0:
         return None
-    if uniq[0] != 0:
-        inv = inv + 1
-        uniq = np.concatenate([[0], uniq])
+    if high - low <= 4 * labels.size:
+        # ids over a short range: a look-up table instead of a sort
+        present = np.bincount((labels.ravel() - low).astype(np.intp), minlength=high - low + 1) > 0
+        uniq = np.flatnonzero(present) + low
+        if uniq[0] != 0:
+            uniq = np.concatenate([[0], uniq])
+        table = np.zeros(high - low + 1, np.intp)
+        table[uniq[uniq >= low] - low] = np.flatnonzero(uniq >= low)
+        inv = table[labels - low]
+    else:
+        uniq, inv = np.unique(labels, return_inverse=True)
+        inv = inv.reshape(labels.shape)
+        if uniq[0] != 0:
+            inv = inv + 1
+            uniq = np.concatenate([[0], uniq])
+    uniq = uniq.astype(labels.dtype)
     n = uniq.size
     nd = labels.ndim
     flat = inv.ravel()

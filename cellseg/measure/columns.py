@@ -9,7 +9,9 @@ ring), :mod:`cellseg.measure.neighbours` and the passes over the label image
 
 Column names follow one scheme (after CellProfiler's *AreaShape* and
 *Intensity* modules): ``<feature>[_<axis>][_<unit>]`` for morphology and
-``[ring_]intensity_<statistic>_<channel>`` for intensities, the unit as a
+``[ring_]intensity_<statistic>_<channel>`` for intensities (in brightfield
+scans also ``[ring_]od_<statistic>_<stain>`` and ``[ring_]rgb_mean_<r|g|b>``,
+:func:`brightfield_columns`), the unit as a
 suffix (``_um``, ``_um2``, ``_um3``, ``_px``, ``_deg``) where there is one.
 :func:`cellseg.measure.table.write_table` stores the list in the Parquet
 schema (per field ``unit`` and ``description``, and the whole list as
@@ -25,9 +27,11 @@ from dataclasses import dataclass
 DEFAULT_RING_WIDTH_UM = 2.0
 DEFAULT_NEIGHBOR_RADIUS_UM = 20.0
 #: Version of the table's columns; a measure stage with another version is redone.
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 
 INTENSITY_STATS = ("mean", "median", "std", "min", "max", "integrated")
+#: Statistics of the stains' optical densities in brightfield scans.
+OD_STATS = ("mean", "median", "std", "max")
 _STAT_TEXT = {
     "mean": "mean",
     "median": "median",
@@ -48,7 +52,8 @@ class Column:
         Column name.
     unit : str
         Physical unit (``"µm"``, ``"µm²"``, ``"µm³"``, ``"px"``, ``"deg"``,
-        ``"raw"`` for grey values, ``"raw·px"`` for sums of grey values), or
+        ``"raw"`` for grey values, ``"raw·px"`` for sums of grey values,
+        ``"OD"`` for optical densities), or
         ``""`` for a dimensionless number, count or flag.
     description : str
         What the value means.
@@ -98,6 +103,7 @@ def column_schema(
     *,
     ring_width_um: float = DEFAULT_RING_WIDTH_UM,
     neighbor_radius_um: float = DEFAULT_NEIGHBOR_RADIUS_UM,
+    stains: Sequence[str] | None = None,
 ) -> list[Column]:
     """The columns of the cell table of a scan, in order.
 
@@ -109,6 +115,9 @@ def column_schema(
         Channel keys (see :func:`channel_keys`), one block of intensity columns each.
     ring_width_um, neighbor_radius_um : float
         Parameters quoted in the descriptions.
+    stains : sequence of str, optional
+        A brightfield scan's stain names (``["hematoxylin", "eosin"]``, ...):
+        its :func:`brightfield_columns` come last.
 
     Returns
     -------
@@ -229,4 +238,47 @@ def column_schema(
                 f"mean of channel {ch} in the cell minus the ring's median (background-corrected)",
             )
         )
+    if stains is not None:
+        cols += brightfield_columns(stains)
+    return cols
+
+
+def brightfield_columns(stains: Sequence[str]) -> list[Column]:
+    """The columns of a brightfield scan: stains' optical densities and RGB means.
+
+    Per stain (haematoxylin and eosin, or haematoxylin and DAB) the statistics
+    :data:`OD_STATS` of its amount in optical-density units
+    (:func:`cellseg.stain.concentrations`), then the mean red, green and blue;
+    in the cell, then in its ring.
+
+    Parameters
+    ----------
+    stains : sequence of str
+        The scan's stain names (its stain dict's ``names``).
+
+    Returns
+    -------
+    list of Column
+
+    Examples
+    --------
+    >>> [c.name for c in brightfield_columns(["hematoxylin", "dab"])][:5]
+    ['od_mean_hematoxylin', 'od_median_hematoxylin', 'od_std_hematoxylin', 'od_max_hematoxylin', \
+'od_mean_dab']
+    """
+    cols = []
+    for prefix, where in (("", "the cell"), ("ring_", "the ring")):
+        for name in stains:
+            for stat in OD_STATS:
+                cols.append(
+                    Column(
+                        f"{prefix}od_{stat}_{name}",
+                        "OD",
+                        f"{_STAT_TEXT[stat]} of the {name} amount (optical density) in {where}",
+                    )
+                )
+        for colour, word in zip("rgb", ("red", "green", "blue")):
+            cols.append(
+                Column(f"{prefix}rgb_mean_{colour}", "raw", f"mean {word} value in {where}")
+            )
     return cols

@@ -160,9 +160,15 @@ def _hull_features(mask: np.ndarray, spacing: np.ndarray) -> tuple[int, float, f
             convex = _count_centres_in_hull(hull.equations, sub_shape, spacing[sub])
     # largest width: over pairs of hull vertices, each axis gap grown by one pixel
     feret_max = 0.0
+    columns = [np.ascontiguousarray(vertices[:, a]) for a in range(nd)]
     for start in range(0, len(vertices), 256):
-        gap = np.abs(vertices[start : start + 256, None, :] - vertices[None, :, :]) + spacing
-        feret_max = max(feret_max, float(np.sqrt((gap**2).sum(axis=-1)).max()))
+        total = None
+        for a in range(nd):
+            gap = np.abs(columns[a][start : start + 256, None] - columns[a][None, :])
+            gap += spacing[a]
+            gap *= gap
+            total = gap if total is None else np.add(total, gap, out=total)
+        feret_max = max(feret_max, math.sqrt(float(total.max())))
     feret_min = math.nan
     if nd == 2:
         u = np.concatenate(normals)
@@ -186,18 +192,30 @@ def _taubin(points: np.ndarray, neighbours_mean) -> np.ndarray:
     return points
 
 
-def _taubin_closed_curve(points: np.ndarray) -> np.ndarray:
-    """:func:`_taubin` on a closed polyline, as one circular filter (FFT)."""
-    n = len(points)
+def taubin_gain(n: int) -> np.ndarray:
+    """Gain per frequency (``numpy.fft.rfftfreq(n)``) of :func:`_taubin` on a closed polyline.
+
+    The mean and the fundamental (the outline's ellipse) pass unchanged, so an
+    outline of a few pixels keeps its size.
+
+    Examples
+    --------
+    >>> taubin_gain(4).round(3).tolist()
+    [1.0, 1.0, 0.0]
+    """
     cos = np.cos(2 * np.pi * np.fft.rfftfreq(n))
     gain = np.ones_like(cos)
     for factor in _TAUBIN:
         gain = gain * (1 - factor * (1 - cos))
     gain = gain**_TAUBIN_ITERATIONS
-    # the mean and the fundamental (the outline's ellipse) pass unchanged, so an
-    # outline of a few pixels keeps its size
     gain[: min(2, len(gain))] = 1.0
-    return np.fft.irfft(np.fft.rfft(points, axis=0) * gain[:, None], n=n, axis=0)
+    return gain
+
+
+def _taubin_closed_curve(points: np.ndarray) -> np.ndarray:
+    """:func:`_taubin` on a closed polyline, as one circular filter (FFT)."""
+    n = len(points)
+    return np.fft.irfft(np.fft.rfft(points, axis=0) * taubin_gain(n)[:, None], n=n, axis=0)
 
 
 def outline_length(padded: np.ndarray, spacing: Sequence[float]) -> float:

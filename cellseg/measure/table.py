@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cellseg.atomic import remove_stale_siblings
+from cellseg.atomic import remove_stale_siblings, temp_tag
 from cellseg.measure.columns import Column
 
 #: Rows per row group of a cell table's Parquet file. The measure stage holds
@@ -32,7 +32,7 @@ ROW_GROUP_ROWS = 8_192
 class TableWriter:
     """A cell table written to Parquet in row groups as its rows come, atomically.
 
-    Rows go to a temporary file beside `path` (``.<name>.tmp-<pid>``), which
+    Rows go to a temporary file beside `path` (``.<name>.tmp-<pid>@<host>``), which
     replaces `path` when the writer is closed; on an error it is removed, and
     temporaries of killed processes are removed when the next writer opens.
     Row groups hold :data:`ROW_GROUP_ROWS` rows (every :meth:`write` but the
@@ -70,7 +70,7 @@ class TableWriter:
         self._schema: Any = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_siblings(self.path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{temp_tag()}")
 
     def scratch_path(self, what: str) -> Path:
         """A scratch file beside the table, removed with the writer's temporaries."""

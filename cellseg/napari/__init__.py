@@ -8,6 +8,8 @@ The plugin is declared in ``napari.yaml`` (npe2) and registered through the
 * ``_widget.py``: the review dock widget (cell list, flags, colouring,
   corrections), over the pure functions of ``_review.py`` and
   :mod:`cellseg.corrections`;
+* ``_classes.py``: the widget's *Cell classes* box (keys 1–9 label cells,
+  one button trains the classifier and classifies every cell);
 * ``_sample_data.py``: small synthetic scans with their segmentation.
 
 Importing this package imports neither napari nor Qt.

@@ -1,5 +1,6 @@
 """The review dock widget: a cell list to filter, sort and jump through, flags,
-colouring by a column, and corrections of a full-resolution region.
+colouring by a column, cell classes (:mod:`cellseg.napari._classes`), and
+corrections of a full-resolution region.
 
 The widget only wires Qt to functions: the table logic is in
 :mod:`cellseg.napari._review`, everything that writes to disk in
@@ -37,6 +38,7 @@ from qtpy.QtWidgets import (
 from cellseg import review as corrections
 from cellseg.errors import CellsegError
 from cellseg.napari import _review
+from cellseg.napari._classes import CellClassesBox
 from cellseg.napari._reader import (
     features_from_table,
     label_pyramid,
@@ -125,6 +127,8 @@ class CellReviewWidget(QWidget):
 
     #: Largest region (pixels or voxels) loaded for editing.
     MAX_EDIT_PIXELS = 4096 * 4096
+    #: Emitted after the table is (re)loaded: the classes box adds the cells' classes.
+    table_reloaded = Signal()
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
@@ -208,6 +212,9 @@ class CellReviewWidget(QWidget):
         row.addWidget(color)
         row.addWidget(reset)
         layout.addLayout(row)
+
+        self.classes = CellClassesBox(self)
+        layout.addWidget(self.classes)
 
         box = QGroupBox("Corrections (full resolution)")
         grid = QGridLayout(box)
@@ -343,6 +350,7 @@ class CellReviewWidget(QWidget):
                 self.color_combo.setCurrentText(column)
                 break
         self._update_view()
+        self.table_reloaded.emit()
 
     def _apply_filter_text(self) -> None:
         self.set_filter(self.filter_edit.text(), self.flagged_check.isChecked())

@@ -50,20 +50,22 @@ def outline_overlay(image: np.ndarray, labels: np.ndarray, low: float, high: flo
 
     Parameters
     ----------
-    image : ndarray, (Y, X)
-        Intensities.
+    image : ndarray, (Y, X) or (Y, X, 3)
+        Intensities, or an 8-bit RGB (brightfield) picture shown as it is.
     labels : ndarray of int, (Y, X)
         Cells.
     low, high : float
-        Grey values shown as black and white.
+        Grey values shown as black and white (intensities only).
 
     Returns
     -------
     ndarray of uint8, (Y, X, 3)
         8 bits a colour, as the PNG holds it: a quarter of the memory of floats.
     """
-    grey = _display(image, low, high)
-    rgb = np.repeat(grey[..., None], 3, axis=2)
+    if image.ndim == 3 and image.shape[-1] == 3:
+        rgb = np.array(image, dtype=np.uint8)
+    else:
+        rgb = np.repeat(_display(image, low, high)[..., None], 3, axis=2)
     edge = find_boundaries(labels, mode="inner") & (labels > 0)
     if edge.any():
         hue = (labels[edge].astype(np.float64) * 0.618034) % 1.0
@@ -82,13 +84,14 @@ def figure_thumbnail(
     high: float,
     seams: Sequence[Sequence[float]] = ((), ()),
     title: str = "",
+    tissue: np.ndarray | None = None,
 ) -> bytes:
     """The scan (one plane) with cell outlines and the tile seams, as PNG.
 
     Parameters
     ----------
-    image : ndarray, (Y, X)
-        One plane of the nuclear channel (a coarse pyramid level).
+    image : ndarray, (Y, X) or (Y, X, 3)
+        One plane of the nuclear channel (a coarse pyramid level), or RGB.
     labels : ndarray of int, (Y, X)
         The cells of the same plane and level.
     low, high : float
@@ -97,6 +100,8 @@ def figure_thumbnail(
         Seam positions along y and along x, in the plane's pixels.
     title : str
         Drawn above the picture.
+    tissue : ndarray of bool, (Y, X), optional
+        The tissue mask of a slide on the same grid, outlined in green.
 
     Returns
     -------
@@ -104,13 +109,15 @@ def figure_thumbnail(
         A PNG file.
     """
     plt = _pyplot()
-    h, w = image.shape
+    h, w = image.shape[:2]
     fig, ax = plt.subplots(figsize=(9.5, 9.5 * h / max(w, 1) + 0.4), layout="constrained")
     ax.imshow(outline_overlay(image, labels, low, high), interpolation="nearest")
     for y in seams[0]:
         ax.axhline(y, color="yellow", lw=0.6, ls="--", alpha=0.7)
     for x in seams[1]:
         ax.axvline(x, color="yellow", lw=0.6, ls="--", alpha=0.7)
+    if tissue is not None and tissue.any() and not tissue.all():
+        ax.contour(tissue.astype(np.float32), levels=[0.5], colors="lime", linewidths=1.2)
     ax.set_title(title, fontsize=10)
     ax.set_axis_off()
     return _png(fig)
@@ -264,6 +271,37 @@ def figure_seam(seam: dict[str, Any]) -> bytes:
         finite = [v for v in prof[key] if np.isfinite(v)]
         top = max([1.5, *finite]) if finite else 1.5
         ax.set_ylim(0, top * 1.1)
+    return _png(fig)
+
+
+def figure_thresholds(rules: Sequence[dict[str, Any]]) -> bytes:
+    """Histograms of the values each class rule compared, with its thresholds, as PNG.
+
+    Parameters
+    ----------
+    rules : sequence of dict
+        As ``cellseg.classes.apply_rules`` records them: ``name``, ``column``,
+        ``method``, ``threshold``, ``bins``, ``values``.
+
+    Returns
+    -------
+    bytes
+        A PNG file: one panel per rule, the threshold (and the 2+ / 3+ bins) as lines.
+    """
+    plt = _pyplot()
+    n = max(len(rules), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 2.8), layout="constrained", squeeze=False)
+    for ax, rule in zip(axes[0], rules):
+        values = np.asarray(rule.get("values") or [], dtype=np.float64)
+        if values.size:
+            ax.hist(values, bins=60, color="#0077bb", alpha=0.8)
+        lines = [rule.get("threshold")] + list((rule.get("bins") or [])[1:])
+        for k, x in enumerate(v for v in lines if v is not None):
+            ax.axvline(x, color="#cc3311", lw=1.2, ls="-" if k == 0 else "--")
+        method = rule.get("method", "fixed")
+        ax.set_title(f"{rule.get('name')}: threshold {method}", fontsize=9)
+        ax.set_xlabel(str(rule.get("column")))
+        ax.set_ylabel("cells")
     return _png(fig)
 
 

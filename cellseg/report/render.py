@@ -103,6 +103,7 @@ def render_scan_report(
     model: dict[str, Any],
     versions: dict[str, str],
     seconds: dict[str, float],
+    classes: dict[str, Any] | None = None,
 ) -> str:
     """The HTML page of one scan's report (figures as PNG bytes, embedded).
 
@@ -123,6 +124,9 @@ def render_scan_report(
         Package versions (:func:`~cellseg.report.numbers.software_versions`).
     seconds : dict of str to float
         Run time per stage.
+    classes : dict, optional
+        The cells' classes (``cellseg.classes.class_summary``, with ``rules``
+        and ``classifier``): section "Cell classes" (figure ``thresholds``).
 
     Returns
     -------
@@ -165,6 +169,7 @@ def render_scan_report(
         run_times=run_times,
         settings={**config, **model},
         versions=versions,
+        classes=classes,
     )
 
 

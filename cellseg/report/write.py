@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from cellseg.atomic import atomic_write_bytes, atomic_write_json
+from cellseg.classes import analysed_area, class_summary, read_classes_table
 from cellseg.io import open_labels
 from cellseg.layout import image_path, read_json, stage_seconds, work_dir
 from cellseg.measure import channel_keys, read_table_columns, read_table_metadata
@@ -28,6 +29,7 @@ from cellseg.report.figures import (
     figure_histograms,
     figure_run,
     figure_seam,
+    figure_thresholds,
     figure_thumbnail,
     figure_tile_counts,
 )
@@ -39,6 +41,7 @@ from cellseg.report.numbers import (
     software_versions,
 )
 from cellseg.report.render import render_run_report, render_scan_report
+from cellseg.tissue import load_tissue
 
 
 def _level_for(group: Any, datasets: list[dict], max_edge: int) -> tuple[int, Any]:
@@ -57,8 +60,18 @@ def _multiscale_datasets(group: Any) -> list[dict]:
     return ome["multiscales"][0]["datasets"]
 
 
+def _channels_last(image: np.ndarray) -> np.ndarray:
+    """An RGB crop read channel-first, ``(3, Y, X)``, as ``(Y, X, 3)``; a plane as it is."""
+    return np.moveaxis(image, 0, -1) if image.ndim == 3 else image
+
+
+def shown_channels(info: dict) -> int | slice:
+    """What the report's pictures show: the nuclear channel, or all of RGB for brightfield."""
+    return slice(0, 3) if info.get("modality") == "brightfield" else info["channel"]
+
+
 def thumbnail_planes(
-    image_path: Path, channel: int, labels: str = "cells", max_edge: int = 1024
+    image_path: Path, channel: int | slice, labels: str = "cells", max_edge: int = 1024
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """A coarse pyramid level's middle plane of one channel and of the labels.
 
@@ -66,8 +79,8 @@ def thumbnail_planes(
     ----------
     image_path : Path
         The run's OME-Zarr image (``OUTDIR/<scan>.ome.zarr``).
-    channel : int
-        The channel to show.
+    channel : int or slice
+        The channel to show (a slice of three: an RGB picture, channels last).
     labels : str
         The label image's name.
     max_edge : int
@@ -92,7 +105,7 @@ def thumbnail_planes(
     full = group[datasets[0]["path"]]
     z = arr.shape[1] // 2 if arr.ndim == 4 else None
     index_img = (channel, z) if z is not None else (channel,)
-    img = np.asarray(arr[index_img])
+    img = _channels_last(np.asarray(arr[index_img]))
     lab_plane = np.asarray(lab[(lab.shape[0] // 2,)]) if lab.ndim == 3 else np.asarray(lab[...])
     h = min(img.shape[0], lab_plane.shape[0])
     w = min(img.shape[1], lab_plane.shape[1])
@@ -112,8 +125,8 @@ def read_crops(
     ----------
     image_path : Path
         The run's OME-Zarr image.
-    channel : int
-        The channel to show.
+    channel : int or slice
+        The channel to show (a slice of three: an RGB picture, channels last).
     windows : sequence of dict
         As :func:`~cellseg.report.numbers.crop_windows` returns them.
     core_shape : sequence of int
@@ -136,7 +149,7 @@ def read_crops(
     for win in windows:
         y0, y1, x0, x1 = win["box"]
         plane = () if win["z"] is None else (win["z"],)
-        img = np.asarray(full[(channel, *plane, slice(y0, y1), slice(x0, x1))])
+        img = _channels_last(np.asarray(full[(channel, *plane, slice(y0, y1), slice(x0, x1))]))
         lab_crop = np.asarray(lab[(*plane, slice(y0, y1), slice(x0, x1))])
         seams_y = [k * core_shape[-2] - y0 - 0.5 for k in range(1, 1 + y1 // core_shape[-2])]
         seams_x = [k * core_shape[-1] - x0 - 0.5 for k in range(1, 1 + x1 // core_shape[-1])]
@@ -197,12 +210,15 @@ def write_report(outdir: str | Path, *, labels: str = "cells") -> Path:
         k: stitch.get(k) for k in ("n_candidates", "n_duplicates", "n_merged_pieces")
     }
     warnings = qc_warnings(summary)
+    classes = _classes(outdir, info)  # cellseg classify's classes.parquet, if any
+    if classes is not None:
+        summary["classes"] = {k: v for k, v in classes.items() if k not in ("extra", "rules")}
     stats = info.get("stats", {})
     low, high = float(stats.get("low", 0.0)), float(stats.get("high", 1.0))
     img_path = image_path(outdir, info)
     figures: dict[str, bytes] = {}
     try:
-        thumb, thumb_labels, factor = thumbnail_planes(img_path, info["channel"], labels)
+        thumb, thumb_labels, factor = thumbnail_planes(img_path, shown_channels(info), labels)
         seams = [
             [(k * c - 0.5) / factor for k in range(1, math.ceil(n / c))]
             for n, c in zip(shape[-2:], core[-2:])
@@ -214,22 +230,26 @@ def write_report(outdir: str | Path, *, labels: str = "cells") -> Path:
             low=low,
             high=high,
             seams=seams,
-            title=f"{info['name']}: {len(table):,} cells{plane}",
+            title=f"{info['name']}: {len(table):,} cells{plane}" + _tissue_words(info),
+            tissue=_tissue_plane(img_path, info, thumb.shape[:2]),
         )
         windows = crop_windows(table, shape=shape, core_shape=core, axes=axes)
         if windows:
-            crops = read_crops(img_path, info["channel"], windows, core, labels)
+            crops = read_crops(img_path, shown_channels(info), windows, core, labels)
             figures["crops"] = figure_crops(crops, low=low, high=high)
     except (OSError, KeyError, ValueError) as exc:  # a report without pictures beats none
         warnings.append(f"The pictures could not be drawn: {exc}")
     figures["histograms"] = figure_histograms(table, keys)
     figures["tiles"] = figure_tile_counts(np.asarray(summary["tile_counts"]))
+    if classes is not None and classes["rules"]:
+        figures["thresholds"] = figure_thresholds(classes["rules"])
     if summary["seam"]["has_seams"] and len(table):
         figures["seam"] = figure_seam(summary["seam"])
     config = {
         "source": info.get("request", {}).get("source", {}).get("path"),
         "channels": ", ".join(names),
-        "nuclear channel": names[info["channel"]] if names else info["channel"],
+        "modality": info.get("modality", "fluorescence"),
+        "nuclear channel": _nuclear_channel(info, names),
         "halo (px)": plan.get("halo"),
         "overlap (px)": plan.get("overlap_px"),
         "batches": len(plan.get("batches", [])),
@@ -257,6 +277,7 @@ def write_report(outdir: str | Path, *, labels: str = "cells") -> Path:
         model=model,
         versions=versions,
         seconds=stage_seconds(outdir),
+        classes=classes,
     )
     out = outdir / "report.html"
     atomic_write_bytes(out, page.encode("utf-8"))
@@ -332,6 +353,8 @@ def write_run_report(
                 "seam_score": summary["seam"]["density_ratio"],
                 "seconds": sum(stage_seconds(d).values()),
                 "n_warnings": len(warnings),
+                "positive_percent": (summary.get("classes") or {}).get("positive_percent"),
+                "h_score": (summary.get("classes") or {}).get("h_score"),
             }
         )
     page = render_run_report(
@@ -344,3 +367,52 @@ def write_run_report(
     )
     atomic_write_bytes(out, page.encode("utf-8"))
     return out
+
+
+def _classes(outdir: Path, info: dict) -> dict[str, Any] | None:
+    """The cells' classes for the report: counts, densities, index, H-score, rules; or None."""
+    found = read_classes_table(outdir)
+    if found is None:
+        return None
+    frame, meta = found
+    area, unit, source = analysed_area(info)
+    out = class_summary(frame, area=area, area_unit=unit, area_source=source)
+    rules = list(meta.get("rules") or [])
+    extra = []
+    for rule in rules:
+        extra.append(
+            (f"rule {rule['name']}", f"{rule['column']} > {rule['threshold']} ({rule['method']})")
+        )
+    model = meta.get("classifier")
+    if model:
+        metrics = model.get("metrics") or {}
+        extra.append(("classifier", model.get("path")))
+        extra.append(("labelled cells", metrics.get("n_labelled")))
+        extra.append(("cross-validated accuracy", metrics.get("cv_accuracy")))
+    out.update(table=meta.get("table", "cells.parquet"), rules=rules, extra=extra)
+    return out
+
+
+def _nuclear_channel(info: dict, names: list[str]) -> str | int:
+    """What the model saw, in words: the nuclear channel, or the stain it unmixed."""
+    stain = info.get("stain")
+    if info.get("modality") == "brightfield" and stain:
+        how = "estimated" if stain.get("estimated") else "reference"
+        return f"haematoxylin ({stain['kind'].upper()} stain vectors, {how})"
+    return names[info["channel"]] if names else info["channel"]
+
+
+def _tissue_plane(img_path: Path, info: dict, shape: Sequence[int]) -> np.ndarray | None:
+    """A slide's tissue mask on the thumbnail's grid (nearest neighbour), or None."""
+    tissue = load_tissue(img_path, info.get("tissue"))
+    if tissue is None:
+        return None
+    rows = np.arange(shape[0]) * tissue.mask.shape[0] // max(shape[0], 1)
+    cols = np.arange(shape[1]) * tissue.mask.shape[1] // max(shape[1], 1)
+    return tissue.mask[np.ix_(rows, cols)]
+
+
+def _tissue_words(info: dict) -> str:
+    """ ", tissue 42 % (green outline)" for a slide with a tissue mask."""
+    fraction = (info.get("tissue") or {}).get("fraction")
+    return "" if fraction is None else f", tissue {100 * fraction:.0f} % (green outline)"

@@ -3,14 +3,18 @@
 Every edit applied (:func:`cellseg.review.store.apply_edit`) appends one line
 to ``OUTDIR/review/edits.jsonl``; flags (a reviewer's "look at this cell
 again", with a reason) go to ``OUTDIR/review/flags.jsonl``, where the last
-line for a cell wins. A line is written in a single flushed write, and a torn
-last line (an interrupted write) is skipped when reading.
+line for a cell wins. A line is written in a single flushed write. A torn last
+line (a write interrupted before its newline) is skipped when reading and cut
+off before the next append, so the log stays whole; any other damage (a line
+that is not a JSON record, anywhere but a torn end) is an error naming the line:
+edits are never skipped silently.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -18,6 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from cellseg.atomic import read_at
+from cellseg.errors import InputError
 from cellseg.review.paths import (
     ATTRS_KEY,
     CORRECTED,
@@ -27,6 +33,8 @@ from cellseg.review.paths import (
     open_label_group,
     review_labels,
 )
+
+log = logging.getLogger("cellseg")
 
 
 def default_user() -> str:
@@ -46,34 +54,84 @@ def now() -> str:
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    """Append one JSON line in a single write, flushed to disk (the log is append-only)."""
+    """Append one JSON line in a single write, flushed to disk (the log is append-only).
+
+    A torn last line left by an interrupted write is cut off first (it was
+    never a whole record), so that the new record starts a line of its own.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, ensure_ascii=False, sort_keys=False) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        _cut_torn_tail(fd, path)
         os.write(fd, line.encode("utf-8"))
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def _cut_torn_tail(fd: int, path: Path) -> None:
+    """Truncate the file after its last newline when it does not end with one."""
+    size = os.fstat(fd).st_size
+    if size == 0 or _read(fd, 1, size - 1) == b"\n":
+        return
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        block = _read(fd, end - start, start)
+        cut = block.rfind(b"\n")
+        if cut >= 0:
+            end = start + cut + 1
+            break
+        end = start
+    log.warning("%s: cutting off a torn last line (an interrupted write)", path)
+    os.ftruncate(fd, end)
+
+
+def _read(fd: int, size: int, offset: int) -> bytes:
+    buffer = bytearray(size)
+    got = read_at(fd, memoryview(buffer), offset)
+    return bytes(buffer[:got])
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSON-lines file; a torn last line (an interrupted write) is skipped."""
+    """Records of a JSON-lines file, oldest first.
+
+    A torn last line (no newline at its end, and not a whole record) is skipped.
+
+    Raises
+    ------
+    InputError
+        If any other line is not a JSON object: the message names the file and line.
+    """
     path = Path(path)
     if not path.exists():
         return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
             continue
+        torn = number == len(lines)  # the text after the last newline
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
+        except json.JSONDecodeError as exc:
+            if torn:
+                log.warning("%s: skipping a torn last line (an interrupted write)", path)
+                continue
+            raise InputError(
+                f"{path}, line {number}: not a JSON record ({exc.msg}); the log is damaged. "
+                "Restore it from a backup, or delete that line if you accept losing its entry."
+            ) from None
+        if not isinstance(record, dict):
+            raise InputError(
+                f"{path}, line {number}: a JSON {type(record).__name__}, not a record; the log "
+                "is damaged. Restore it from a backup, or delete that line if you accept "
+                "losing its entry."
+            )
+        out.append(record)
     return out
 
 

@@ -14,7 +14,6 @@ so an id is never reused for a different cell.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from cellseg.atomic import replace_path
+from cellseg.atomic import replace_path, temp_tag
 from cellseg.errors import CellsegError
 from cellseg.review.edits import canonicalize_edit, changed_ids, infer_action, touching_border
 from cellseg.review.logs import append_jsonl, default_user, now, read_edits
@@ -132,7 +131,7 @@ def ensure_corrected(image_path: Path) -> zarr.Group:
         source = open_label_group(image_path, ORIGINAL)
         source_attrs = dict(source.attrs.get(ATTRS_KEY, {}))
         first_id = max_label_id(image_path) + 1
-        tmp = target.with_name(f".{CORRECTED}.tmp-{os.getpid()}")
+        tmp = target.with_name(f".{CORRECTED}.tmp-{temp_tag()}")
         if tmp.exists():
             shutil.rmtree(tmp)
         shutil.copytree(labels_dir(image_path, ORIGINAL), tmp)

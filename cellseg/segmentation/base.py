@@ -39,10 +39,14 @@ class Backend(Protocol):
         True when the backend runs one tile at a time on the CPU, so the
         stage spreads tiles over threads; False when it batches tiles itself
         (a network on a device).
+    splits_finish : bool
+        True when :meth:`finish` may run on each crop of a batch on its own
+        (the stage then spreads a batch's post-processing over threads).
     """
 
     name: str
     per_tile_cpu: bool
+    splits_finish: bool
 
     def max_diameter_um(self) -> float:
         """Largest object diameter the backend expects, in µm."""
@@ -60,6 +64,9 @@ class Backend(Protocol):
         self, image: Any, spacing: Sequence[float], stats: dict
     ) -> float | None:
         """The scan's typical nucleus diameter in µm (``--diameter auto``), or None."""
+
+    def model_spacing(self, spacing: Sequence[float]) -> tuple[float, ...]:
+        """Pixel size in µm per axis at which the backend works on crops of ``spacing``."""
 
     def predict(
         self, crops: Sequence[np.ndarray], spacing: Sequence[float], stats: dict
@@ -81,6 +88,28 @@ class Backend(Protocol):
             One int32 label image per crop, same shape, 0 = background.
         """
 
+    def forward(self, crops: Sequence[np.ndarray], spacing: Sequence[float]) -> list:
+        """The device part of :meth:`predict` (a network's forward pass): one item per crop.
+
+        Optional (:class:`BackendBase` returns the crops). The segment stage
+        runs it for one batch of crops while it post-processes the previous
+        batch with :meth:`finish` on other threads.
+        """
+
+    def finish(
+        self,
+        forwarded: Sequence[Any],
+        crops: Sequence[np.ndarray],
+        spacing: Sequence[float],
+        stats: dict,
+    ) -> list[np.ndarray]:
+        """The rest of :meth:`predict`: labels of crops from their :meth:`forward` items.
+
+        Optional (:class:`BackendBase` calls :meth:`predict`). ``finish(forward(c), c,
+        ...)`` equals ``predict(c, ...)``; when ``splits_finish`` is True it may be
+        called on any part of a batch (one crop at a time, from several threads).
+        """
+
 
 class BackendBase:
     """Defaults of the optional members of :class:`Backend`.
@@ -93,6 +122,11 @@ class BackendBase:
 
     name: ClassVar[str] = ""
     per_tile_cpu: ClassVar[bool] = True
+
+    @property
+    def splits_finish(self) -> bool:
+        """By default: a backend that runs per tile on the CPU labels each crop on its own."""
+        return bool(self.per_tile_cpu)
 
     @classmethod
     def from_options(cls, model: str | None = None, device: str = "auto", **options):
@@ -118,6 +152,24 @@ class BackendBase:
     ) -> float | None:
         """No estimate: the backend does not rescale by nucleus size."""
         return None
+
+    def model_spacing(self, spacing: Sequence[float]) -> tuple[float, ...]:
+        """The crops' own pixel size: the backend does not resample."""
+        return tuple(float(s) for s in spacing)
+
+    def forward(self, crops: Sequence[np.ndarray], spacing: Sequence[float]) -> list:
+        """No separate device part: the crops themselves (:meth:`finish` labels them)."""
+        return list(crops)
+
+    def finish(
+        self,
+        forwarded: Sequence[Any],
+        crops: Sequence[np.ndarray],
+        spacing: Sequence[float],
+        stats: dict,
+    ) -> list[np.ndarray]:
+        """:meth:`predict` of the crops (the whole work when :meth:`forward` is the default)."""
+        return self.predict(crops, spacing, stats)
 
 
 #: Registered backends by name (filled by :func:`register_backend`).

@@ -18,12 +18,11 @@ from scipy import ndimage as ndi
 
 from cellseg.errors import ConfigError
 from cellseg.segmentation.base import BackendBase, register_backend
+from cellseg.segmentation.bioimageio import model_spec, open_model
 from cellseg.segmentation.inference import predict_maps
 from cellseg.segmentation.network import alignment as network_alignment
 from cellseg.segmentation.network import (
-    load_model,
     plane_factor,
-    read_spec,
     resolve_device,
     resolve_model_path,
 )
@@ -57,6 +56,7 @@ class ModelBackend(BackendBase):
     """
 
     per_tile_cpu = False
+    splits_finish = True
 
     def __init__(self, model=None, device: str = "auto", diameter_um: float | None = None):
         self.model = model
@@ -73,7 +73,7 @@ class ModelBackend(BackendBase):
         """Metadata of the model used for ``ndim`` spatial axes."""
         if ndim not in self._specs:
             path = resolve_model_path(self.model, ndim)
-            spec = read_spec(path)
+            spec = model_spec(path)  # a model folder or a bioimage.io package
             if int(spec["spatial_dims"]) != ndim:
                 raise ConfigError(
                     f"model {path} is a {spec['spatial_dims']}D model but the scan is {ndim}D; "
@@ -86,18 +86,28 @@ class ModelBackend(BackendBase):
     def scale(self, spacing: Sequence[float]) -> tuple[float, ...]:
         """Zoom per axis from the scan's grid to the model's grid (1 = no resampling).
 
-        Without ``diameter_um`` crops are not resampled. With it, the in-plane
-        axes are zoomed so that nuclei have the model's typical diameter in
-        pixels (within :data:`ZOOM_RANGE`; zooms within :data:`NO_ZOOM` are not
-        applied), and in 3D the z
-        axis is zoomed down where its step would be finer than the new in-plane
-        pixels.
+        Without ``diameter_um`` crops are not resampled, unless the model
+        was trained on a range of pixel sizes (``pixel_size_range_um``, e.g.
+        the brightfield model) and the scan's is outside it: then crops are
+        brought to the range's nearest end. With it, the in-plane axes are zoomed so that
+        nuclei have the model's typical diameter in pixels (within
+        :data:`ZOOM_RANGE`; zooms within :data:`NO_ZOOM` are not applied), and
+        in 3D the z axis is zoomed down where its step would be finer than the
+        new in-plane pixels.
         """
-        if not self.diameter_um:
-            return (1.0,) * len(spacing)
         spec = self.spec(len(spacing))
         typical = float(spec.get("diameter_px", 24.0))
-        zoom = [typical / (float(self.diameter_um) / float(s)) for s in spacing]
+        diameter_um = self.diameter_um
+        if not diameter_um and spec.get("pixel_size_range_um"):
+            # a model trained on a range of pixel sizes: crops outside it are brought
+            # to its nearest end (a 10× slide up, a 100× one down), the rest stay
+            lo, hi = (float(v) for v in spec["pixel_size_range_um"])
+            finest = min(float(s) for s in spacing[-2:])
+            if not lo <= finest <= hi:
+                diameter_um = typical * min(max(finest, lo), hi)
+        if not diameter_um:
+            return (1.0,) * len(spacing)
+        zoom = [typical / (float(diameter_um) / float(s)) for s in spacing]
         zoom = [min(max(z, ZOOM_RANGE[0]), ZOOM_RANGE[1]) for z in zoom]
         zoom = [1.0 if NO_ZOOM[0] <= z <= NO_ZOOM[1] else z for z in zoom]
         if len(spacing) == 3:
@@ -161,7 +171,7 @@ class ModelBackend(BackendBase):
         """The network's (foreground, centre) maps of each crop on the model's grid."""
         spec = self.spec(len(spacing))
         device = resolve_device(self.device)
-        net, _ = load_model(spec["path"], device)
+        net, _ = open_model(spec["path"], device)
         zoom = self.scale(spacing)
         if any(z != 1.0 for z in zoom):
             inputs = [ndi.zoom(c, zoom, order=1, mode="nearest") for c in crops]
@@ -169,16 +179,34 @@ class ModelBackend(BackendBase):
             inputs = list(crops)
         return predict_maps(net, inputs, spec, device, spacing=self.model_spacing(spacing))
 
-    def predict(self, crops, spacing, stats):  # noqa: D102
+    def forward(self, crops: Sequence[np.ndarray], spacing: Sequence[float]) -> list[tuple]:
+        """The network's part of :meth:`predict`: :meth:`maps` of the crops."""
+        return self.maps(crops, spacing)
+
+    def finish(
+        self,
+        forwarded: Sequence[tuple],
+        crops: Sequence[np.ndarray],
+        spacing: Sequence[float],
+        stats: dict,
+    ) -> list[np.ndarray]:
+        """Labels of crops from their maps: peaks, watershed, back to the crops' grid.
+
+        Each crop is labelled on its own (CPU work, which releases the GIL
+        mostly), so the stage runs it per crop on several threads.
+        """
         spec = self.spec(len(spacing))
         seen = self.model_spacing(spacing)
         out = []
-        for crop_maps, crop in zip(self.maps(crops, spacing), crops):
+        for crop_maps, crop in zip(forwarded, crops):
             lab = postprocess(crop_maps, spec, seen, sized=bool(self.diameter_um))
             if lab.shape != crop.shape:
                 lab = resize_labels(lab, crop.shape)
             out.append(lab)
         return out
+
+    def predict(self, crops, spacing, stats):  # noqa: D102
+        return self.finish(self.forward(crops, spacing), crops, spacing, stats)
 
 
 def resize_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:

@@ -32,6 +32,17 @@ from cellseg.errors import ConfigError
 MODEL_FORMAT = 1
 HEADS = ("foreground", "centre")
 BUILTIN = {2: "nuclei2d", 3: "nuclei3d"}
+#: The shipped model of brightfield (H&E, IHC) scans, which sees the haematoxylin amount.
+BUILTIN_BRIGHTFIELD = "brightfield2d"
+
+
+def default_model(spatial_dims: int, modality: str = "fluorescence") -> str:
+    """Name of the shipped model for a scan's number of spatial axes and modality."""
+    if modality == "brightfield":
+        if spatial_dims != 2:
+            raise ConfigError("brightfield scans are 2D (YX with RGB); this one is 3D.")
+        return BUILTIN_BRIGHTFIELD
+    return BUILTIN[spatial_dims]
 
 
 def models_dir() -> Path:
@@ -195,7 +206,13 @@ def load_state(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError, OSError: not what its name says
+            raise ConfigError(
+                f"{path} is not a safetensors weights file and was not loaded "
+                f"({type(exc).__name__}); save the weights again with safetensors."
+            ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError and friends
@@ -251,6 +268,12 @@ def load_model(path: str, device: str = "cpu"):
     """Load a model folder once per process: (network in eval mode, spec)."""
     spec = read_spec(Path(path))
     net = build_network(spec)
+    weights = Path(path) / "model.safetensors"
+    if spec.get("sha256") and weights.is_file() and file_sha256(weights) != spec["sha256"]:
+        raise ConfigError(
+            f"{weights}: its checksum differs from the one in model.json, so the weights were "
+            "changed or damaged and were not loaded; copy the model folder again."
+        )
     state = load_state(Path(path))
     try:
         net.load_state_dict(state)

@@ -14,7 +14,9 @@ Config (every key optional except ``spatial_dims`` and ``out``)::
     data:
       synthetic: {n_images: 64, shape: [256, 256], setting: train}
       # or a list of sources; a 3D source with `planes: K` gives a 2D network
-      # K random xy / xz / yz planes of each stack (as an orthogonal-view model sees them)
+      # K random xy / xz / yz planes of each stack (as an orthogonal-view model sees them);
+      # `modality: brightfield` (with `stain: he|hdab`) renders H&E / IHC scans and
+      # gives their haematoxylin image (cellseg.synth.brightfield_training_pair)
       folders: [data/annotated]     # images/ + labels/ with equal file names,
                                     # or <name>.tif beside <name>_labels.tif
     validation:
@@ -82,7 +84,13 @@ def load_config(path: str | Path | dict) -> dict:
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"{path} does not exist; give a training config YAML.")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:  # e.g. a !!python tag
+            raise ConfigError(
+                f"{path}: not a plain YAML config ({str(exc).splitlines()[0]}); write plain "
+                "keys and values (tags such as !!python/... are never run)."
+            ) from None
     cfg = validate_training_config(raw)
     nd = int(cfg["spatial_dims"])
     if not cfg["out"]:
@@ -100,6 +108,7 @@ def load_config(path: str | Path | dict) -> dict:
 
 # ----------------------------------------------------------------------------- data
 SETTINGS = ("train", "heldout", "wide", "classic", "mixed")
+MODALITIES = ("fluorescence", "brightfield")
 
 
 def synthetic_sources(sources, seed: int) -> list:
@@ -116,7 +125,12 @@ def synthetic_sources(sources, seed: int) -> list:
             continue
         src_seed = int(src["seed"]) if src.get("seed") is not None else seed + 7919 * k
         samples = synthetic_images(
-            src["n_images"], src["shape"], src.get("setting", "train"), src_seed
+            src["n_images"],
+            src["shape"],
+            src.get("setting", "train"),
+            src_seed,
+            modality=src.get("modality") or "fluorescence",
+            stain=src.get("stain") or "he",
         )
         planes = int(src.get("planes") or 0)
         if planes and len(src["shape"]) == 3:
@@ -131,22 +145,46 @@ def synthetic_sources(sources, seed: int) -> list:
     return out
 
 
-def synthetic_images(n: int, shape: Sequence[int], setting: str, seed: int) -> list:
+def synthetic_images(
+    n: int,
+    shape: Sequence[int],
+    setting: str,
+    seed: int,
+    *,
+    modality: str = "fluorescence",
+    stain: str = "he",
+) -> list:
     """``n`` synthetic (normalised image, labels, spacing) samples.
 
     Settings: ``train`` and ``heldout`` draw every generator knob at random
     (:func:`cellseg.synth.training_pair`; ``heldout`` from ranges not used in
     training); ``classic`` varies only nucleus size and density around the
     generator's defaults (the look of the demo scans); ``mixed`` alternates
-    ``train`` and ``classic``.
+    ``train`` and ``classic``. ``modality="brightfield"`` renders H&E
+    (``stain="he"``) or IHC (``"hdab"``) scans, ``train`` or ``heldout``, and
+    takes their haematoxylin image as inference does
+    (:func:`cellseg.synth.brightfield_training_pair`); every image is then
+    normalised the same way (:func:`normalise_sample`).
     """
     if setting not in SETTINGS:
         raise ConfigError(f"unknown synthetic setting {setting!r}; use one of {SETTINGS}.")
+    if modality not in MODALITIES:
+        raise ConfigError(f"unknown synthetic modality {modality!r}; use one of {MODALITIES}.")
+    brightfield = modality == "brightfield"
+    if brightfield and (setting not in ("train", "heldout") or len(shape) != 2):
+        raise ConfigError(
+            f"brightfield synthetic images are 2D with setting train or heldout, "
+            f"got shape {list(shape)} and setting {setting!r}."
+        )
     rng = np.random.default_rng(seed)
     out = []
     for k in range(int(n)):
         kind = setting if setting != "mixed" else ("train", "classic")[k % 2]
-        if kind == "classic":
+        if brightfield:
+            img, lab, spacing = synth.brightfield_training_pair(
+                rng, tuple(shape), stain=stain, setting=kind
+            )
+        elif kind == "classic":
             spacing = synth.default_spacing(len(shape))
             lo = float(rng.uniform(4, 9))
             img, lab = synth.synthesize_scan(

@@ -18,6 +18,7 @@ would give the function: import a module's other names with ``from``.
 from __future__ import annotations
 
 from cellseg.stages.arrays import array_candidates, segment_array
+from cellseg.stages.classify import classify
 from cellseg.stages.ingest import ingest
 from cellseg.stages.measure import measure
 from cellseg.stages.plan import load_plan, plan, tile_geometry
@@ -28,6 +29,7 @@ from cellseg.stages.stitch import stitch
 
 __all__ = [
     "array_candidates",
+    "classify",
     "ingest",
     "load_plan",
     "measure",

@@ -13,11 +13,13 @@ from cellseg import __version__
 from cellseg import measure as m
 from cellseg.io import open_image, open_labels
 from cellseg.layout import fingerprint, image_path, read_json, record_seconds, work_dir
+from cellseg.lock import locked
 from cellseg.review import measure_base, remeasure, table_path
 
 log = logging.getLogger("cellseg")
 
 
+@locked("measure", per="labels")
 def measure(
     outdir: str | Path,
     *,
@@ -30,7 +32,9 @@ def measure(
 ) -> Path:
     """Write the cell table of label image `labels` from the labels and the scan.
 
-    Every channel of the scan is measured (see :mod:`cellseg.measure`);
+    Every channel of the scan is measured (see :mod:`cellseg.measure`), and
+    in a brightfield scan (``ingest.json``'s ``modality``) also its stains'
+    optical densities under the scan's stain vectors (``stain``);
     `threads` chunks at a time (default all cores). `ring_width_um` and
     `neighbor_radius_um` default to :data:`cellseg.measure.DEFAULT_RING_WIDTH_UM`
     and :data:`cellseg.measure.DEFAULT_NEIGHBOR_RADIUS_UM`. The Parquet
@@ -75,12 +79,15 @@ def measure(
     label_image = open_labels(img, labels)
     scan = open_image(img)
     names = list(info.get("channel_names") or scan.channel_names)
+    # brightfield: the stains' optical densities per cell (cellseg.measure.brightfield_columns)
+    stains = info.get("stain") if info.get("modality") == "brightfield" else None
     options = {
         "spacing": info["spacing"],
         "axes": info["axes"],
         "channel_names": names,
         "ring_width_um": ring_width_um,
         "neighbor_radius_um": neighbor_radius_um,
+        "stains": stains,
     }
     keys = m.channel_keys(names)
     content = read_json(work_dir(outdir) / "tiles.json", "plan")
@@ -88,6 +95,8 @@ def measure(
         "pixel_size_um": info["spacing"],
         "pixel_size_source": info.get("spacing_source"),
         "nuclear_channel": info["channel"],
+        "modality": info.get("modality", "fluorescence"),
+        **({"stain": info["stain"]} if info.get("stain") else {}),
         "tile_core_px": content.get("core_shape"),
         "halo_px": content.get("halo"),
         "overlap_px": content.get("overlap_px"),
@@ -113,7 +122,11 @@ def measure(
         **base.get("metadata", {}),
     }
     columns = m.column_schema(
-        info["axes"], keys, ring_width_um=ring_width_um, neighbor_radius_um=neighbor_radius_um
+        info["axes"],
+        keys,
+        ring_width_um=ring_width_um,
+        neighbor_radius_um=neighbor_radius_um,
+        stains=list(stains["names"]) if stains else None,
     )
     # The table goes to the file row group by row group as it is measured: the
     # stage's memory does not grow with the number of cells.

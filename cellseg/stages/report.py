@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from cellseg.lock import locked
 from cellseg.report import write_report
 
 log = logging.getLogger("cellseg")
 
 
+@locked("report")
 def report(outdir: str | Path) -> Path:
     """Write the scan's QC report ``OUTDIR/report.html`` (see :mod:`cellseg.report`).
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cellseg.config import DEFAULTS
 from cellseg.layout import image_path
+from cellseg.lock import locked
 from cellseg.progress import progress
 from cellseg.stages.ingest import ingest
 from cellseg.stages.measure import measure
@@ -16,6 +17,7 @@ from cellseg.stages.segment_tiles import segment_tiles
 from cellseg.stages.stitch import stitch
 
 
+@locked("run")
 def segment(
     input_path: str | Path,
     outdir: str | Path,
@@ -24,9 +26,11 @@ def segment(
     overlap: int | None = DEFAULTS["overlap"],
     pixel_size: Sequence[float] | None = None,
     channel: int | str | None = None,
+    modality: str = DEFAULTS["modality"],
     backend: str | None = DEFAULTS["backend"],
     model: str | None = DEFAULTS["model"],
     diameter: float | str | None = DEFAULTS["diameter"],
+    level: int | str = DEFAULTS["level"],
     device: str = DEFAULTS["device"],
     batch_size: int = DEFAULTS["batch_size"],
     tiles_per_batch: int = DEFAULTS["tiles_per_batch"],
@@ -52,7 +56,13 @@ def segment(
     """
     outdir = Path(outdir)
     info = ingest(
-        input_path, outdir, name=name, pixel_size=pixel_size, channel=channel, force=force
+        input_path,
+        outdir,
+        name=name,
+        pixel_size=pixel_size,
+        channel=channel,
+        modality=modality,
+        force=force,
     )
     content = plan(
         outdir,
@@ -62,8 +72,10 @@ def segment(
         backend=backend,
         model=model,
         diameter=diameter,
+        level=level,
     )
-    bar = progress(total=len(content["tiles"]), desc="segment", enabled=show_progress)
+    n_tiles = sum(len(v) for v in content["batch_tiles"].values())  # glass tiles skipped
+    bar = progress(total=n_tiles, desc="segment", enabled=show_progress)
     for b in content["batches"]:
         segment_tiles(
             outdir,

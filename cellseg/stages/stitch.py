@@ -16,6 +16,7 @@ from cellseg.atomic import atomic_write_json
 from cellseg.errors import InputError
 from cellseg.io import create_labels, finalize_labels
 from cellseg.layout import batch_path, image_path, read_json, record_seconds, work_dir
+from cellseg.lock import locked
 from cellseg.parallel import trim_heap
 from cellseg.stages.plan import load_plan
 from cellseg.stitching import ROW_FIELDS, TileCandidates, paint_tiles, resolve_candidates
@@ -71,6 +72,7 @@ def _load_masks(path: Path) -> tuple[np.ndarray, np.ndarray]:
         return f["offsets"], f["bits"]
 
 
+@locked("stitch")
 def stitch(outdir: str | Path, *, show_progress: bool = True, force: bool = False) -> dict:
     """Resolve candidates of all batches and paint ``labels/cells``.
 

@@ -32,22 +32,42 @@ training sample (`training_pair`).
    electron-multiplication excess noise), camera gain and offset, Gaussian read
    noise and the camera's bit depth.
 
+Brightfield H&E and IHC scans (RGB, nuclei labelled, Beer–Lambert rendering of
+stain amounts) come from `synthesize_brightfield` (:mod:`cellseg.synth.brightfield`),
+which reuses the placement and shapes above.
+
 Everything is drawn from one ``numpy.random.Generator`` in a fixed order, so
 the same arguments give byte-identical arrays. A feature that is switched off
 draws nothing, so the defaults reproduce the scans of earlier versions.
 """
 
+from cellseg.synth.brightfield import (
+    brightfield_training_pair,
+    synthesize_brightfield,
+    write_brightfield_scan,
+)
+from cellseg.synth.brightfield_params import (
+    BrightfieldParams,
+    BrightfieldSample,
+    sample_brightfield_params,
+)
 from cellseg.synth.params import SynthParams, SynthSample, default_spacing, sample_params
 from cellseg.synth.scan import synthesize_sample, synthesize_scan, training_pair
 from cellseg.synth.write import write_synthetic_scan
 
 __all__ = [
+    "BrightfieldParams",
+    "BrightfieldSample",
     "SynthParams",
     "SynthSample",
+    "brightfield_training_pair",
     "default_spacing",
+    "sample_brightfield_params",
     "sample_params",
+    "synthesize_brightfield",
     "synthesize_sample",
     "synthesize_scan",
     "training_pair",
+    "write_brightfield_scan",
     "write_synthetic_scan",
 ]

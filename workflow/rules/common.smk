@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 
+from cellseg.classes import parse_rule, rule_text
 from cellseg.errors import CellsegError
 from cellseg.scans import expand_scans, format_summary, scan_outcomes, write_summary
 
@@ -113,6 +114,9 @@ def synth_options(scan):
         ("--shape", synth["shape"]),
         ("--pixel-size", synth.get("spacing")),
         ("--seed", synth.get("seed", 0)),
+        ("--modality", synth.get("modality")),
+        ("--stain", synth.get("stain") if synth.get("modality") == "brightfield" else None),
+        ("--slide", synth.get("slide")),
     )
 
 
@@ -122,6 +126,7 @@ def ingest_options(wildcards):
         ("--name", wildcards.scan),
         ("--pixel-size", scan.get("pixel_size")),
         ("--channel", scan.get("channel")),
+        ("--modality", _scan_setting(wildcards.scan, "modality")),
     )
 
 
@@ -134,6 +139,7 @@ def plan_options(wildcards):
         ("--backend", config["backend"]),
         ("--model", config["model"]),
         ("--diameter", _scan_setting(wildcards.scan, "diameter")),
+        ("--level", config["level"]),
     )
 
 
@@ -210,3 +216,40 @@ def batch_candidates(wildcards):
     with open(tiles) as fh:
         batches = json.load(fh)["batches"]
     return [f"{RESULTS}/{wildcards.scan}/work/tiles/{batch}.npz" for batch in batches]
+
+
+# Cell classes (classify.smk): a scan's `classify` setting as command-line options.
+def scan_classify(scan):
+    """The classify settings of a scan (its own, else the top level's), or None."""
+    return _scan_setting(scan, "classify")
+
+
+def classify_inputs(wildcards):
+    """The rules file and classifier a scan's classes depend on."""
+    settings = scan_classify(wildcards.scan) or {}
+    return [p for p in (settings.get("rules_file"), settings.get("classifier")) if p]
+
+
+def classify_options(wildcards):
+    """`cellseg classify` options of a scan: its rules, rules file and classifier."""
+    settings = scan_classify(wildcards.scan) or {}
+    try:
+        rules = [rule_text(parse_rule(r)) for r in settings.get("rules") or []]
+    except CellsegError as error:
+        raise WorkflowError(f"Invalid config (scan {wildcards.scan}, classify): {error}")
+    return " ".join(
+        [_option("--rule", r) for r in rules]
+        + [
+            _options(
+                ("--rules", settings.get("rules_file")),
+                ("--classifier", settings.get("classifier")),
+            )
+        ]
+    ).strip()
+
+
+def scan_classes(wildcards):
+    """classes.parquet of a scan that is classified, for its report; else nothing."""
+    if scan_classify(wildcards.scan):
+        return [f"{RESULTS}/{wildcards.scan}/classes.parquet"]
+    return []

@@ -10,6 +10,7 @@ rule report:
     input:
         table=f"{RESULTS}/{{scan}}/cells.parquet",
         summary=f"{RESULTS}/{{scan}}/work/stitch.json",
+        classes=scan_classes,
     output:
         report=f"{RESULTS}/{{scan}}/report.html",
     log:
