@@ -306,13 +306,7 @@ def _open_with_tiffslide(path: Path, level: int) -> Slide:
     _check_complete(path, series)
     keys = sorted(group.array_keys(), key=int)
     array = group[keys[level]]
-    shapes = [(int(h), int(w)) for w, h in slide.level_dimensions]
-    tiles = []
-    for k in range(n):
-        th = props.get(f"tiffslide.level[{k}].tile-height")
-        tw = props.get(f"tiffslide.level[{k}].tile-width")
-        tiles.append((int(th), int(tw)) if th and tw else None)
-    levels = tuple(_level(shapes[0], s, t) for s, t in zip(shapes, tiles))
+    levels = _levels(props, "tiffslide", slide.level_dimensions)
     vendor = str(props.get("tiffslide.vendor") or tiffslide.TiffSlide.detect_format(path) or "")
     if tif.is_ome and vendor in ("", "generic-tiff"):
         vendor = "ome-tiff"
@@ -400,13 +394,7 @@ def _open_with_openslide(path: Path, level: int, *, why: str) -> Slide:
     props = dict(handle.properties)
     n = int(handle.level_count)
     _check_level(path, level, n)
-    shapes = [(int(h), int(w)) for w, h in handle.level_dimensions]
-    tiles = []
-    for k in range(n):
-        th = props.get(f"openslide.level[{k}].tile-height")
-        tw = props.get(f"openslide.level[{k}].tile-width")
-        tiles.append((int(th), int(tw)) if th and tw else None)
-    levels = tuple(_level(shapes[0], s, t) for s, t in zip(shapes, tiles))
+    levels = _levels(props, "openslide", handle.level_dimensions)
     spacing = {}
     mpp_x, mpp_y = _number(props.get("openslide.mpp-x")), _number(props.get("openslide.mpp-y"))
     if mpp_x and mpp_y:
@@ -482,6 +470,18 @@ class _OpenSlideRegions:
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
+
+
+def _levels(props: dict, prefix: str, dimensions: Any) -> tuple:
+    """Every level's shape, downsample and tile from a reader's properties (``prefix``:
+    ``tiffslide`` or ``openslide``, which name them alike) and its ``(w, h)`` dimensions."""
+    shapes = [(int(h), int(w)) for w, h in dimensions]
+    tiles = []
+    for k in range(len(shapes)):
+        th = props.get(f"{prefix}.level[{k}].tile-height")
+        tw = props.get(f"{prefix}.level[{k}].tile-width")
+        tiles.append((int(th), int(tw)) if th and tw else None)
+    return tuple(_level(shapes[0], s, t) for s, t in zip(shapes, tiles))
 
 
 def _level(base: tuple[int, int], shape: tuple[int, int], tile: Any) -> SlideLevel:
