@@ -33,7 +33,8 @@ SYSDEPS := xvfb xauth libgl1 libegl1 libgl1-mesa-dri libglib2.0-0 libfontconfig1
 	fonts-dejavu-core libdbus-1-3 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 \
 	libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 \
 	libxcb-xfixes0 libxcb-xinerama0
-SYSDEPS_STAMP := $(VENV)/.cellseg-sysdeps
+# (beside .venv, not in it: the venv is built at the same time and may be cleared)
+SYSDEPS_STAMP := .venv-sysdeps.stamp
 
 sysdeps: $(SYSDEPS_STAMP)
 
@@ -41,11 +42,11 @@ $(SYSDEPS_STAMP): Makefile
 	@missing=""; for p in $(SYSDEPS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
-	if [ -z "$$missing" ]; then mkdir -p $(VENV) && touch $@; \
+	if [ -z "$$missing" ]; then touch $@; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing system libraries for the napari tests:$$missing"; \
 	  if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      --no-install-recommends $$missing >/dev/null; then mkdir -p $(VENV) && touch $@; \
+	      --no-install-recommends $$missing >/dev/null; then touch $@; \
 	  else echo "warning: apt-get could not install$$missing; the napari tests will skip"; fi; \
 	else \
 	  echo "note: the napari tests need these system packages:$$missing"; \
@@ -93,8 +94,10 @@ lint: venv
 	$(RUN) $(VENV)/bin/snakemake --lint --configfile configs/demo.yaml
 	$(VENV)/bin/lint-imports --no-cache
 
-# Everything: the tests and the doctests of every module (pyproject.toml).
-test: lint sysdeps spatialdata-venv
+# Everything: the tests and the doctests of every module (pyproject.toml). The
+# three preparations are independent (two venvs and apt): they run side by side.
+test:
+	@$(MAKE) --no-print-directory -j3 lint sysdeps spatialdata-venv
 	$(RUN) $(VENV)/bin/python -m pytest -q
 
 # The fast tier (a few minutes on 2 cores): no end-to-end runs (`slow`,
@@ -109,4 +112,4 @@ clean:
 	rm -rf results demo_data .snakemake .pytest_cache .ruff_cache
 
 distclean: clean
-	rm -rf $(VENV) $(SD_VENV) *.egg-info
+	rm -rf $(VENV) $(SD_VENV) $(SYSDEPS_STAMP) *.egg-info

@@ -114,6 +114,9 @@ def test_slurm_profile_matches_a_local_run(tmp_path, slurm_cluster, tiny_scan, t
         str(REPO / "configs" / "profiles" / "slurm"),
         "--slurm-no-account",
         "--slurm-keep-successful-logs",
+        # The jobs of this tiny run take seconds: look at them soon after submission.
+        "--slurm-init-seconds-before-status-checks",
+        "1",
         # Small requests fit any test machine; the rules ask for more on real scans.
         "--set-resources",
         *(f"{rule}:mem_mb=1000" for rule in RULES),

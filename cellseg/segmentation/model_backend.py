@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,38 @@ NO_ZOOM = (0.8, 1.25)
 #: The zoom is kept within these bounds (nuclei of about 6 to 200 px), so a wrong
 #: diameter cannot blow a tile up to many times its memory.
 ZOOM_RANGE = (0.125, 4.0)
+#: Zooms are fractions p/q with q at most this: crops that start on multiples of
+#: q (and span multiples of it) then land on one global resampled grid, so tiles
+#: agree with one tile at the seams.
+ZOOM_DENOMINATOR = 8
+
+
+def zoom_fraction(zoom: float) -> Fraction:
+    """The fraction p/q (q ≤ :data:`ZOOM_DENOMINATOR`) nearest to ``zoom``.
+
+    Examples
+    --------
+    >>> zoom_fraction(1 / 0.55), zoom_fraction(0.2), zoom_fraction(1.0)
+    (Fraction(11, 6), Fraction(1, 5), Fraction(1, 1))
+    """
+    return Fraction(float(zoom)).limit_denominator(ZOOM_DENOMINATOR)
+
+
+def zoom_crop(crop: np.ndarray, zoom: Sequence[Fraction]) -> np.ndarray:
+    """Resample a crop by exact fractions onto the scan's global zoomed grid.
+
+    The crop is padded at its far end (edge values) to a multiple of each
+    denominator, so the output has exactly ``n * p / q`` pixels and output pixel
+    ``i`` is centred at ``(i + 0.5) * q / p - 0.5`` crop pixels (``grid_mode``):
+    a crop starting at a multiple of q is resampled exactly like the same
+    pixels of the whole scan, away from its borders.
+    """
+    pad = [(0, -n % z.denominator) for n, z in zip(crop.shape, zoom)]
+    if any(p for _, p in pad):
+        crop = np.pad(crop, pad, mode="edge")
+    shape = tuple(n * z.numerator // z.denominator for n, z in zip(crop.shape, zoom))
+    factors = [m / n for m, n in zip(shape, crop.shape)]
+    return ndi.zoom(crop, factors, order=1, mode="nearest", grid_mode=True)
 
 
 @register_backend("model", default_for=(2, 3))
@@ -84,6 +117,10 @@ class ModelBackend(BackendBase):
         return self._specs[ndim]
 
     def scale(self, spacing: Sequence[float]) -> tuple[float, ...]:
+        """Zoom per axis (floats of :meth:`zoom_fractions`)."""
+        return tuple(float(z) for z in self.zoom_fractions(spacing))
+
+    def zoom_fractions(self, spacing: Sequence[float]) -> tuple[Fraction, ...]:
         """Zoom per axis from the scan's grid to the model's grid (1 = no resampling).
 
         Without ``diameter_um`` crops are not resampled, unless the model
@@ -106,7 +143,7 @@ class ModelBackend(BackendBase):
             if not lo <= finest <= hi:
                 diameter_um = typical * min(max(finest, lo), hi)
         if not diameter_um:
-            return (1.0,) * len(spacing)
+            return (Fraction(1),) * len(spacing)
         zoom = [typical / (float(diameter_um) / float(s)) for s in spacing]
         zoom = [min(max(z, ZOOM_RANGE[0]), ZOOM_RANGE[1]) for z in zoom]
         zoom = [1.0 if NO_ZOOM[0] <= z <= NO_ZOOM[1] else z for z in zoom]
@@ -114,7 +151,7 @@ class ModelBackend(BackendBase):
             new_xy = float(min(spacing[1:])) / min(zoom[1:])
             zoom[0] = min(1.0, float(spacing[0]) / new_xy)
             zoom[0] = 1.0 if zoom[0] >= NO_ZOOM[0] else zoom[0]
-        return tuple(zoom)
+        return tuple(zoom_fraction(z) for z in zoom)
 
     def max_diameter_um(self) -> float:  # noqa: D102
         return float(self._any_spec().get("max_diameter_um", 26.0))
@@ -142,11 +179,18 @@ class ModelBackend(BackendBase):
         return tuple(float(s) / z for s, z in zip(spacing, self.scale(spacing)))
 
     def alignment(self, spacing: Sequence[float]) -> tuple[int, ...]:
-        """Crops start at multiples of these (the network's total stride) when not rescaled."""
+        """Crops start at multiples of these: the network's total stride, on the zoomed grid.
+
+        With a zoom p/q, a crop starting at a multiple of q starts on the global
+        zoomed grid, and one starting at a multiple of ``q * a / gcd(p, a)``
+        lands on a multiple of the network's stride ``a`` there.
+        """
         spec = self.spec(len(spacing))
-        if any(z != 1.0 for z in self.scale(spacing)):
-            return (1,) * len(spacing)
-        return network_alignment(spec, spacing)
+        zoom = self.zoom_fractions(spacing)
+        stride = network_alignment(spec, self.model_spacing(spacing))
+        return tuple(
+            z.denominator * a // math.gcd(z.numerator, a) for z, a in zip(zoom, stride)
+        )
 
     def estimate_diameter_um(
         self, image: Any, spacing: Sequence[float], stats: dict
@@ -172,9 +216,9 @@ class ModelBackend(BackendBase):
         spec = self.spec(len(spacing))
         device = resolve_device(self.device)
         net, _ = open_model(spec["path"], device)
-        zoom = self.scale(spacing)
-        if any(z != 1.0 for z in zoom):
-            inputs = [ndi.zoom(c, zoom, order=1, mode="nearest") for c in crops]
+        zoom = self.zoom_fractions(spacing)
+        if any(z != 1 for z in zoom):
+            inputs = [zoom_crop(c, zoom) for c in crops]
         else:
             inputs = list(crops)
         return predict_maps(net, inputs, spec, device, spacing=self.model_spacing(spacing))
@@ -197,11 +241,14 @@ class ModelBackend(BackendBase):
         """
         spec = self.spec(len(spacing))
         seen = self.model_spacing(spacing)
+        zoom = self.zoom_fractions(spacing)
         out = []
         for crop_maps, crop in zip(forwarded, crops):
             lab = postprocess(crop_maps, spec, seen, sized=bool(self.diameter_um))
             if lab.shape != crop.shape:
-                lab = resize_labels(lab, crop.shape)
+                # back onto the crop padded as zoom_crop padded it, then cut to the crop
+                padded = [n + (-n % z.denominator) for n, z in zip(crop.shape, zoom)]
+                lab = resize_labels(lab, padded)[tuple(slice(0, n) for n in crop.shape)]
             out.append(lab)
         return out
 
