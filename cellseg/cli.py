@@ -604,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cellseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        full = disk_full_error(exc)
+        outputs = [getattr(args, k, None) for k in ("outdir", "output", "dest")]
+        full = disk_full_error(exc, next((o for o in outputs if o), None))
         if full is None:
             raise
         print(f"cellseg {args.command}: error: {full}", file=sys.stderr)

@@ -31,8 +31,11 @@ DISK_FULL_ERRNOS = frozenset(
 )
 
 
-def disk_full_error(exc: BaseException) -> DiskFullError | None:
+def disk_full_error(exc: BaseException, where: object = None) -> DiskFullError | None:
     """A :class:`DiskFullError` for an ``OSError`` (or its cause) that means a full disk, else None.
+
+    The message names the file of the error, else ``where`` (e.g. the output
+    folder being written).
 
     Examples
     --------
@@ -45,9 +48,9 @@ folder with -o, then rerun: outputs written before are kept, and finished stages
     seen = 0
     while exc is not None and seen < 10:
         if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
-            where = exc.filename or "an output"
+            name = exc.filename or (f"an output in {where}" if where else "an output")
             return DiskFullError(
-                f"{where}: {exc.strerror or 'the disk is full'}; free some space (or raise the "
+                f"{name}: {exc.strerror or 'the disk is full'}; free some space (or raise the "
                 "quota) or write to another folder with -o, then rerun: outputs written before "
                 "are kept, and finished stages are skipped."
             )

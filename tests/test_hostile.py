@@ -9,6 +9,7 @@ configs, model files, logs, a full disk, CPUs, raw I/O) run in this process.
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import os
 import pickle
@@ -20,6 +21,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 import zarr
@@ -361,7 +363,8 @@ def test_damage_inside_the_log_is_an_error_naming_the_line(tmp_path):
 
 # --------------------------------------------------------------------------- a full disk
 def test_full_disk_is_one_clear_error_and_keeps_earlier_outputs(tmp_path, monkeypatch, capsys):
-    stitch_module = sys.modules["cellseg.stages.stitch"]  # the package's name is the function
+    # the module (the package's attribute of that name is the function)
+    stitch_module = importlib.import_module("cellseg.stages.stitch")
 
     scan = tmp_path / "s.npy"
     np.save(scan, _blobs((96, 96)))
@@ -381,6 +384,56 @@ def test_full_disk_is_one_clear_error_and_keeps_earlier_outputs(tmp_path, monkey
     assert main(args) == 0
     assert all(p.read_bytes() == data for p, data in kept.items())
     assert (out / "cells.parquet").exists()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 1 MiB tmpfs mounted in tmp_path (root only), and a function that resizes it."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mount.stderr.strip()}")
+
+    def resize(size: str) -> None:
+        cmd = ["mount", "-o", f"remount,size={size}", str(where)]
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    try:
+        yield where, resize
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_a_really_full_filesystem_then_a_rerun_with_space(tmp_path, small_filesystem, capsys):
+    """On a 1 MiB filesystem a run stops with one line; given space, the rerun finishes it."""
+    from cellseg.synth import synthesize_scan
+
+    where, resize = small_filesystem
+    image, _ = synthesize_scan((512, 512), spacing=(0.5, 0.5), seed=3)
+    scan = tmp_path / "scan.tif"
+    tifffile.imwrite(scan, image)
+    options = ["--backend", "classical", "--pixel-size", "0.5", "0.5"]
+    assert main(["-q", "segment", str(scan), "-o", str(tmp_path / "ref"), *options]) == 0
+    capsys.readouterr()
+
+    out = where / "out"
+    assert main(["-q", "segment", str(scan), "-o", str(out), *options]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "No space left on device" in err and str(where) in err, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    resize("16m")
+    assert main(["-q", "segment", str(scan), "-o", str(out), *options]) == 0
+    ref = pd.read_parquet(tmp_path / "ref" / "cells.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "cells.parquet"), ref)
+    labels = zarr.open_array(str(out / "scan.ome.zarr" / "labels" / "cells" / "0"), mode="r")
+    ref_labels = zarr.open_array(str(tmp_path / "ref/scan.ome.zarr/labels/cells/0"), mode="r")
+    np.testing.assert_array_equal(labels[...], ref_labels[...])
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
 
 # --------------------------------------------------------------------------- resources
