@@ -215,3 +215,73 @@ def test_screenshot_shows_image_and_labels(make_napari_viewer, result2d, tmp_pat
     assert (change[rows[empty], cols[empty]] <= 3).mean() > 0.95  # and nowhere else
     assert (colour[rows[empty], cols[empty]] <= 3).mean() > 0.95  # the grey image shows there
     assert without[rows[core], cols[core], :3].mean() > without[rows[empty], cols[empty], :3].mean()
+
+
+_OTHER_REVIEWER = """
+import ast
+import sys
+from pathlib import Path
+from cellseg import review as C
+
+image = Path(sys.argv[1])
+presence = C.ReviewPresence(image, "ann")
+presence.join()
+print("ready", flush=True)
+for line in sys.stdin:
+    box, target = ast.literal_eval(line)  # ((y0, y1), (x0, x1)), cell id: delete it there
+    region = C.read_region(image, box)
+    C.apply_edit(image, box, C.delete_cells(region, [target]), before=region, user="ann")
+    print("done", flush=True)
+presence.leave()
+"""
+
+
+def test_two_reviewers_are_told_and_no_edit_is_lost(make_napari_viewer, result2d, copy_result):
+    """Another reviewer (another process) on the same result: told; both edits kept or redone."""
+    import subprocess
+    import sys
+
+    from cellseg.review.presence import reviewers_dir
+
+    outdir = copy_result(result2d)
+    image = outdir / "slide.ome.zarr"
+    other = subprocess.Popen(
+        [sys.executable, "-c", _OTHER_REVIEWER, str(image)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout.readline().strip() == "ready"
+        viewer = make_napari_viewer()
+        _, widget = _open(viewer, outdir)
+        assert "also reviewing this result: ann" in widget.status.text()
+        table = widget.table.sort_values("n_pixels", ascending=False)
+        first, second = (int(c) for c in table["cell_id"].iloc[:2])
+        widget.go_to_cell(first)
+        box = widget.edit_cell()
+        # meanwhile ann deletes the same cell and writes it
+        other.stdin.write(f"{box!r}, {first}\n")
+        other.stdin.flush()
+        assert other.stdout.readline().strip() == "done"
+        widget.edit.layer.data = C.delete_cells(widget.edit.layer.data, [first])
+        assert widget._guard(widget.apply_edits) is None  # as the Apply button runs it
+        assert "changed since it was read" in widget.status.text()
+        assert widget.edit is not None  # the refused edit stays open to redo
+        widget.discard_edits()
+        # an edit of another cell, elsewhere, is written beside ann's
+        widget.go_to_cell(second)
+        widget.edit_cell()
+        widget.edit.layer.data = C.delete_cells(widget.edit.layer.data, [second])
+        record = widget.apply_edits()
+        edits = C.read_edits(image)
+        assert [e["user"] for e in edits][0] == "ann" and edits[-1] == record
+        assert edits[0]["removed"] == [first] and record["removed"] == [second]
+        labels = open_labels(image, "cells_corrected")[...]
+        assert not np.isin([first, second], labels).any()
+    finally:
+        other.stdin.close()
+        other.wait(timeout=60)
+    assert widget.presence.others() == []
+    widget.leave_review()
+    assert not list(reviewers_dir(image).glob("*.lock"))

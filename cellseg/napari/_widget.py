@@ -12,6 +12,7 @@ call, so scripts and tests drive the same code path.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,8 @@ class CellReviewWidget(QWidget):
         self.edit: EditSession | None = None
         self._sort: tuple[str, bool] = ("cell_id", True)
         self._colormap_backup: Any = None
+        self.presence: corrections.ReviewPresence | None = None
+        self._told: set[str] = set()
         self._build()
         self.viewer.layers.events.inserted.connect(self._refresh_sources)
         self.viewer.layers.events.removed.connect(self._refresh_sources)
@@ -296,7 +299,40 @@ class CellReviewWidget(QWidget):
             self.source_combo.blockSignals(True)
             self.source_combo.setCurrentIndex(names.index(layer.name))
             self.source_combo.blockSignals(False)
+        self._join_review()
         self.reload_table()
+
+    # ------------------------------------------------------------------ reviewers
+    def _join_review(self) -> None:
+        """Announce this review of the layer's result; tell the reviewer who else is on it."""
+        image = self.image
+        if self.presence is not None and self.presence.image_path == image:
+            return
+        self.leave_review()
+        self.presence = corrections.ReviewPresence(image, self.user_edit.text() or None)
+        # the file goes when the widget does (a crashed napari's is stale by its process)
+        self.destroyed.connect(self.presence.leave)
+        self._tell_others(self.presence.join())
+
+    def _tell_others(self, others: list) -> str:
+        """Say (once per reviewer) who else reviews this result; the message, '' if none."""
+        new = [h for h in others if h.token not in self._told]
+        if not new:
+            return ""
+        self._told.update(h.token for h in new)
+        text = corrections.describe_others(new)
+        self._say(text)
+        with contextlib.suppress(Exception):  # a notification is a courtesy only
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"cellseg: {text}")
+        return text
+
+    def leave_review(self) -> None:
+        """End this widget's review of its result (others are no longer told of it)."""
+        if self.presence is not None:
+            self.presence.leave()
+            self.presence = None
 
     @property
     def info(self) -> dict:
@@ -565,7 +601,11 @@ class CellReviewWidget(QWidget):
         self.viewer.layers.selection.active = layer
         self.edit = EditSession(layer=layer, box=box, before=before, hidden=hidden)
         size = " × ".join(str(b - a) for a, b in box)
-        self._say(f"editing region {list(map(list, box))} ({size} px); apply or discard")
+        told = self._tell_others(self.presence.others()) if self.presence else ""
+        self._say(
+            f"editing region {list(map(list, box))} ({size} px); apply or discard"
+            + (f". {told}" if told else "")
+        )
         return box
 
     def _fresh_id(self, region: np.ndarray) -> int:

@@ -33,6 +33,7 @@ Where things are:
 :mod:`~cellseg.review.edits`          region edits on arrays; what an edit changed
 :mod:`~cellseg.review.logs`           the edit and flag logs (append-only JSON lines)
 :mod:`~cellseg.review.store`          ``labels/cells_corrected``: created, read, edited
+:mod:`~cellseg.review.presence`       who else reviews a result; one edit written at a time
 :mod:`~cellseg.review.tables`         cells by box; re-measuring the edited cells
 :mod:`~cellseg.review.training`       ``cellseg export-training``: image / label pairs
 ====================================  ==================================================
@@ -68,6 +69,7 @@ from cellseg.review.paths import (
     review_labels,
     table_path,
 )
+from cellseg.review.presence import ReviewPresence, describe_others, edit_lock
 from cellseg.review.store import (
     EditConflict,
     apply_edit,
@@ -97,6 +99,7 @@ __all__ = [
     "ORIGINAL",
     "Box",
     "EditConflict",
+    "ReviewPresence",
     "apply_edit",
     "box_around_cells",
     "box_slices",
@@ -107,6 +110,8 @@ __all__ = [
     "corrected_state",
     "default_user",
     "delete_cells",
+    "describe_others",
+    "edit_lock",
     "edit_log_path",
     "edited_ids",
     "ensure_corrected",

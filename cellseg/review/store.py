@@ -37,6 +37,7 @@ from cellseg.review.paths import (
     open_label_group,
     review_labels,
 )
+from cellseg.review.presence import edit_lock
 from cellseg.tiling import Box, box_slices, clip_box
 
 
@@ -284,12 +285,20 @@ def apply_edit(
         If `after` does not have the box's shape.
     EditConflict
         If the region on disk is not `before`.
+    cellseg.lock.LockedError
+        If another reviewer's edit held the edit lock for more than a minute.
     """
     image_path = Path(image_path)
     after = np.asarray(after)
     shape = tuple(b - a for a, b in box)
     if after.shape != shape:
         raise ValueError(f"edited region has shape {after.shape}, the box {box} has {shape}")
+    with edit_lock(image_path):  # another reviewer's edit is not written in between
+        return _apply_locked(image_path, box, after, before, user, action, note)
+
+
+def _apply_locked(image_path, box, after, before, user, action, note) -> dict | None:
+    """:func:`apply_edit` once the edit lock is held."""
     if before is not None:
         current = read_region(image_path, box)
         if not np.array_equal(current, before):

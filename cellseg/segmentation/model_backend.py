@@ -188,9 +188,7 @@ class ModelBackend(BackendBase):
         spec = self.spec(len(spacing))
         zoom = self.zoom_fractions(spacing)
         stride = network_alignment(spec, self.model_spacing(spacing))
-        return tuple(
-            z.denominator * a // math.gcd(z.numerator, a) for z, a in zip(zoom, stride)
-        )
+        return tuple(z.denominator * a // math.gcd(z.numerator, a) for z, a in zip(zoom, stride))
 
     def estimate_diameter_um(
         self, image: Any, spacing: Sequence[float], stats: dict
