@@ -13,14 +13,17 @@ within 10, ≥ 90 % accuracy from 20 labelled cells per class):
 * marker scans (:func:`cellseg.synth.markers.synthesize_marker_scan`): the
   known marker-positive fraction against ``marker:marker:<method>`` for each
   automatic threshold method;
+* IHC end to end (``--segmented``): the cells segmented by the brightfield
+  model (stain vectors estimated, as ``cellseg segment`` does) instead of
+  taken from the truth; also how many of the positive nuclei were found;
 * the classifier: trained on 20 labelled cells per class of one marker scan,
   accuracy on every cell of another (classes differ in size by 20 % and in
   DNA stain, both overlapping).
 
-Cells are measured on the true label images, so the figures are those of the
-classification alone, not of segmentation.
+Cells are measured on the true label images (but with ``--segmented``), so
+those figures are of the classification alone, not of segmentation.
 
-    python benchmarks/classes.py [--size 768] [--seeds 3]
+    python benchmarks/classes.py [--size 768] [--seeds 3] [--segmented]
 """
 
 from __future__ import annotations
@@ -33,13 +36,17 @@ import numpy as np
 from cellseg.classes import AUTO_METHODS, DAB_BINS, apply_rules, class_summary, parse_rule
 from cellseg.classifier import predict_classes, train_classifier
 from cellseg.measure import measure_cells
-from cellseg.stain import estimate_stains
+from cellseg.metrics import match_instances
+from cellseg.normalize import compute_scan_stats, normalize
+from cellseg.segmentation import get_backend
+from cellseg.stain import estimate_stains, stain_channel
 from cellseg.synth import synthesize_brightfield
 from cellseg.synth.markers import CLASS_NAMES, synthesize_marker_scan
 
 
-def ihc(size: int, seed: int, fraction: float) -> list[str]:
-    s = synthesize_brightfield(
+def ihc_scan(size: int, seed: int, fraction: float):
+    """A synthetic IHC scan with nuclear DAB in a known fraction of its nuclei."""
+    return synthesize_brightfield(
         (size, size),
         seed=seed,
         stain="hdab",
@@ -47,6 +54,10 @@ def ihc(size: int, seed: int, fraction: float) -> list[str]:
         dab_fraction=fraction,
         dab_strength=(0.25, 0.95),
     )
+
+
+def ihc(size: int, seed: int, fraction: float) -> list[str]:
+    s = ihc_scan(size, seed, fraction)
     amount = s.dab_amount
     truth_positive = 100.0 * float(np.mean(amount > DAB_BINS[0]))
     bins = np.searchsorted(np.asarray(DAB_BINS), amount, side="left")
@@ -69,6 +80,32 @@ def ihc(size: int, seed: int, fraction: float) -> list[str]:
             f"{got['h_score']:5.1f} vs {truth_h:5.1f} (error {got['h_score'] - truth_h:+5.1f})"
         )
     return lines
+
+
+def ihc_segmented(size: int, seed: int, fraction: float) -> list[str]:
+    """Positive fraction with the nuclei segmented by the brightfield model."""
+    s = ihc_scan(size, seed, fraction)
+    truth = 100.0 * float(np.mean(s.dab_amount > DAB_BINS[0]))
+    stains = estimate_stains(s.image, kind="hdab")
+    nuclei = stain_channel(s.image, stains, "hematoxylin")
+    stats = compute_scan_stats(nuclei)
+    backend = get_backend("model", "brightfield2d", ndim=2)
+    labels = backend.predict([normalize(nuclei, stats)], s.spacing, stats)[0]
+    table = measure_cells(
+        labels,
+        np.moveaxis(s.image, -1, 0),
+        spacing=s.spacing,
+        channel_names=["r", "g", "b"],
+        stains=stains,
+    )
+    got = class_summary(apply_rules(table, [parse_rule("dab")])[0])["positive_percent"]
+    positive = np.flatnonzero(s.dab_amount > DAB_BINS[0]) + 1
+    found = match_instances(np.where(np.isin(s.labels, positive), s.labels, 0), labels, 0.5)["tp"]
+    ap = match_instances(s.labels, labels, 0.5)["ap"]
+    return [
+        f"IHC seed {seed} segmented (AP50 {ap:.3f}, {found}/{len(positive)} positive nuclei "
+        f"found): positive {got:5.1f} % vs {truth:5.1f} % (error {got - truth:+5.1f} pp)"
+    ]
 
 
 def markers(size: int, seed: int, fraction: float) -> list[str]:
@@ -113,11 +150,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=768, help="scan edge in pixels")
     parser.add_argument("--seeds", type=int, default=3, help="scans per kind")
+    parser.add_argument(
+        "--segmented", action="store_true", help="also IHC with the nuclei segmented by the model"
+    )
     args = parser.parse_args()
     for seed in range(args.seeds):
         fraction = (0.15, 0.35, 0.6)[seed % 3]
         for line in ihc(args.size, seed, fraction) + markers(args.size, seed, fraction):
             print(line, flush=True)
+    if args.segmented:
+        for seed, fraction in enumerate((0.15, 0.35, 0.6, 0.8)):
+            for line in ihc_segmented(args.size, seed, fraction):
+                print(line, flush=True)
     for seed in range(args.seeds):
         for line in classifier(args.size // 2, seed):
             print(line, flush=True)

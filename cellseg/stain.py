@@ -35,6 +35,7 @@ __all__ = [
     "concentrations",
     "estimate_stains",
     "from_optical_density",
+    "glass_colour",
     "looks_brightfield",
     "nuclear_image",
     "optical_density",
@@ -58,8 +59,15 @@ _UNIT = {
 
 #: Least OD summed over the channels for a pixel to count as tissue.
 TISSUE_OD = 0.15
+#: Least summed OD of the pixels the vectors are estimated from (about 0.15 per
+#: channel): fainter pixels' colours are mostly noise and JPEG error, and their
+#: extreme angles pull the estimate past the true stains (by 7° for a pale
+#: IHC counterstain at :data:`TISSUE_OD`, 2° at this).
+STAIN_OD = 0.45
 #: Percentiles of the angle within the stain plane taken as the two stains.
 ANGLE_PERCENTILE = 1.0
+#: Glass is at least this bright (grey level 0-255) and nearly grey.
+GLASS_MIN_GREY = 180
 #: Fewest tissue pixels needed to estimate vectors; with fewer, the reference is used.
 MIN_TISSUE_PIXELS = 500
 #: Largest angle (degrees) between an estimated vector and its reference before
@@ -142,15 +150,40 @@ def from_optical_density(
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _background(pixels: np.ndarray) -> np.ndarray:
-    """Brightness of glass: a high percentile of the brightest pixels, else pure white."""
-    total = pixels.sum(axis=1)
-    bright = pixels[total >= np.percentile(total, 90)]
-    bg = np.percentile(bright, 50, axis=0) if len(bright) else np.full(3, 255.0)
-    # a sample with no glass has no bright pixels to learn from: assume white
-    if bg.min() < 180:
-        return np.full(3, 255.0)
-    return np.clip(bg, 1.0, None)
+def glass_colour(rgb: np.ndarray) -> tuple[float, float, float]:
+    """The glass (background) colour of a brightfield view: the median of its brightest pixels.
+
+    The brightest 5 % of the pixels (by grey level) are taken; when their
+    colour is not glass-like, bright and nearly grey (a view with no glass),
+    white is returned.
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        ``(..., 3)`` uint8.
+
+    Returns
+    -------
+    tuple of float
+        ``(r, g, b)``.
+
+    Examples
+    --------
+    >>> rgb = np.full((10, 10, 3), (230, 235, 245), np.uint8); rgb[:5] = (200, 100, 150)
+    >>> glass_colour(rgb)
+    (230.0, 235.0, 245.0)
+    >>> glass_colour(np.full((10, 10, 3), (226, 158, 198), np.uint8))  # no glass: white
+    (255.0, 255.0, 255.0)
+    """
+    pixels = np.asarray(rgb)[..., :3].reshape(-1, 3).astype(np.float32)
+    if not len(pixels):
+        return (255.0, 255.0, 255.0)
+    grey = pixels.mean(axis=1)
+    bright = pixels[grey >= np.percentile(grey, 95)]
+    colour = np.median(bright, axis=0)
+    if colour.mean() < GLASS_MIN_GREY or (colour.max() - colour.min()) > 0.1 * colour.max():
+        return (255.0, 255.0, 255.0)
+    return tuple(float(c) for c in colour)  # type: ignore[return-value]
 
 
 def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
@@ -160,7 +193,8 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
 def estimate_stains(rgb_sample: np.ndarray, kind: str = "auto") -> dict:
     """Per-slide stain vectors from a sample of its pixels (Macenko's method).
 
-    The OD of tissue pixels (summed OD above :data:`TISSUE_OD`) is projected
+    The OD of stained pixels (summed OD above :data:`STAIN_OD`, else above
+    :data:`TISSUE_OD` when too few are) is projected
     on the plane of its two largest principal directions; the directions at
     the :data:`ANGLE_PERCENTILE` and ``100 - ANGLE_PERCENTILE`` percentiles of
     the angle within that plane are the two stains. The one closer to
@@ -186,10 +220,12 @@ def estimate_stains(rgb_sample: np.ndarray, kind: str = "auto") -> dict:
     pixels = np.asarray(rgb_sample, dtype=np.float64).reshape(-1, 3)
     if pixels.size == 0:
         return reference_stains("he" if kind == "auto" else kind) | {"estimated": False}
-    bg = _background(pixels)
+    bg = np.asarray(glass_colour(pixels), np.float64)
     od = optical_density(pixels, bg).astype(np.float64)
-    tissue = od[od.sum(axis=1) > TISSUE_OD]
-    pair = _macenko(tissue) if len(tissue) >= MIN_TISSUE_PIXELS else None
+    stained = od[od.sum(axis=1) > STAIN_OD]
+    if len(stained) < MIN_TISSUE_PIXELS:  # a faint slide: its fainter pixels too
+        stained = od[od.sum(axis=1) > TISSUE_OD]
+    pair = _macenko(stained) if len(stained) >= MIN_TISSUE_PIXELS else None
     if kind == "auto":
         if pair is not None:
             # the second stain is eosin or DAB, whichever reference it is nearer

@@ -49,6 +49,7 @@ from cellseg.errors import InputError
 from cellseg.io import create_labels, finalize_labels, open_labels, read_image_attrs
 from cellseg.io.slide import SLIDE_SUFFIXES, is_slide_tiff, open_slide, slide_info
 from cellseg.normalize import otsu_threshold
+from cellseg.stain import glass_colour
 from cellseg.tiling import Box, Tile, batch_tiles
 
 log = logging.getLogger("cellseg")
@@ -76,8 +77,6 @@ TISSUE_LABEL = "tissue"
 #: Ranges the Otsu thresholds of saturation and darkness are clamped to.
 SATURATION_RANGE = (0.05, 0.15)
 DARKNESS_RANGE = (0.06, 0.15)
-#: Glass is at least this bright (grey level 0-255) and nearly grey.
-GLASS_MIN_GREY = 180
 #: Pixels whose brightest channel is below this are not tissue (black outside a scan).
 BLACK_LEVEL = 25
 #: Default smallest tissue piece kept and largest hole filled (µm²).
@@ -226,42 +225,6 @@ def tissue_mask(
     mask = _drop_small(mask, min_object)
     holes = _drop_small(~mask, min_hole, keep_border=True)
     return mask | ~holes
-
-
-def glass_colour(rgb: np.ndarray) -> tuple[float, float, float]:
-    """The glass (background) colour of a brightfield view: the median of its brightest pixels.
-
-    The brightest 5 % of the pixels (by grey level) are taken; when their
-    colour is not glass-like, bright and nearly grey (a view with no glass),
-    white is returned.
-
-    Parameters
-    ----------
-    rgb : numpy.ndarray
-        ``(..., 3)`` uint8.
-
-    Returns
-    -------
-    tuple of float
-        ``(r, g, b)``.
-
-    Examples
-    --------
-    >>> rgb = np.full((10, 10, 3), (230, 235, 245), np.uint8); rgb[:5] = (200, 100, 150)
-    >>> glass_colour(rgb)
-    (230.0, 235.0, 245.0)
-    >>> glass_colour(np.full((10, 10, 3), (226, 158, 198), np.uint8))  # no glass: white
-    (255.0, 255.0, 255.0)
-    """
-    pixels = np.asarray(rgb)[..., :3].reshape(-1, 3).astype(np.float32)
-    if not len(pixels):
-        return (255.0, 255.0, 255.0)
-    grey = pixels.mean(axis=1)
-    bright = pixels[grey >= np.percentile(grey, 95)]
-    colour = np.median(bright, axis=0)
-    if colour.mean() < GLASS_MIN_GREY or (colour.max() - colour.min()) > 0.1 * colour.max():
-        return (255.0, 255.0, 255.0)
-    return tuple(float(c) for c in colour)  # type: ignore[return-value]
 
 
 def _clamped_otsu(values: np.ndarray, bounds: tuple[float, float]) -> float:
