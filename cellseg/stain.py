@@ -160,12 +160,13 @@ def glass_colour(rgb: np.ndarray) -> tuple[float, float, float]:
     Parameters
     ----------
     rgb : numpy.ndarray
-        ``(..., 3)`` uint8.
+        ``(..., 3)`` values 0-255 (uint8, or float pixels of a sample).
 
     Returns
     -------
     tuple of float
-        ``(r, g, b)``.
+        ``(r, g, b)``; the glass of the stain vectors' optical density and of
+        the tissue mask.
 
     Examples
     --------
