@@ -75,3 +75,23 @@ def test_coarser_level_gives_full_resolution_labels(tmp_path):
     assert m["f1"] >= 0.85, m
     with pytest.raises(Exception, match="level 5 does not exist"):
         plan(tmp_path / "L0", backend="classical", level=5)
+
+
+@pytest.mark.parametrize(
+    "modality, pixel, levels, expected",
+    [
+        ("brightfield", 0.25, 4, 1),  # 40×: level 1 is the model's 0.5 µm
+        ("brightfield", 0.5, 4, 0),  # 20×: already there
+        ("brightfield", 0.12, 4, 2),  # 80×: two levels up
+        ("brightfield", 0.12, 2, 1),  # ... as far as the pyramid goes
+        ("brightfield", 1.0, 4, 0),  # 10×: never coarser, zoomed up instead
+        ("fluorescence", 0.25, 4, 0),
+    ],
+)
+def test_level_auto_follows_the_models_pixel_size(modality, pixel, levels, expected):
+    from cellseg.segmentation import get_backend
+    from cellseg.stages.plan import pyramid_level
+
+    be = get_backend("model", "brightfield2d", ndim=2)
+    info = {"modality": modality, "spacing": [pixel, pixel]}
+    assert pyramid_level("auto", info, be, levels) == expected
