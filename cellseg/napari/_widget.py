@@ -309,10 +309,16 @@ class CellReviewWidget(QWidget):
         if self.presence is not None and self.presence.image_path == image:
             return
         self.leave_review()
-        self.presence = corrections.ReviewPresence(image, self.user_edit.text() or None)
+        presence = corrections.ReviewPresence(image, self.user_edit.text() or None)
+        try:
+            others = presence.join()
+        except OSError as exc:  # a read-only result can be looked at, not announced
+            self._say(f"this review is not announced to others ({exc.strerror}: {exc.filename})")
+            return
+        self.presence = presence
         # the file goes when the widget does (a crashed napari's is stale by its process)
-        self.destroyed.connect(self.presence.leave)
-        self._tell_others(self.presence.join())
+        self.destroyed.connect(presence.leave)
+        self._tell_others(others)
 
     def _tell_others(self, others: list) -> str:
         """Say (once per reviewer) who else reviews this result; the message, '' if none."""
