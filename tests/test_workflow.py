@@ -25,7 +25,7 @@ TINY_CONFIG = {
             "synth": {"shape": [16, 96, 96], "spacing": [2.0, 0.5, 0.5], "seed": 4},
         },
     },
-    "tiles_per_batch": 2,
+    "tiles_per_batch": 3,
     "device": "cpu",
     "threads": 1,
 }
