@@ -41,14 +41,11 @@ the same arguments give byte-identical arrays.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
 
-from cellseg.atomic import atomic_path
 from cellseg.errors import ConfigError
 from cellseg.stain import estimate_stains, stain_channel
 from cellseg.synth.brightfield_params import (
@@ -60,6 +57,7 @@ from cellseg.synth.brightfield_params import (
 )
 from cellseg.synth.brightfield_render import _synthesize
 from cellseg.synth.slide import FLAVOURS, write_slide
+from cellseg.synth.write import ome_metadata, scan_stem, write_ome_tiff
 
 
 def synthesize_brightfield(
@@ -216,7 +214,7 @@ def write_brightfield_scan(
 
     Examples
     --------
-    >>> import tempfile
+    >>> import tempfile, tifffile
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     image_path, _ = write_brightfield_scan(Path(folder) / "he.ome.tif", shape=(64, 64))
     ...     tifffile.imread(image_path).shape
@@ -241,24 +239,8 @@ def write_brightfield_scan(
 
 
 def _write_tiff(path: Path, data: np.ndarray, spacing, key: str, rgb: bool) -> None:
-    name = path.name.split(".")[0]
-    metadata = {
-        "axes": "YXS" if rgb else "YX",
-        "Name": name,
-        "UUID": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, 'cellseg.synth.brightfield:' + key)}",
-        "PhysicalSizeX": float(spacing[1]),
-        "PhysicalSizeXUnit": "µm",
-        "PhysicalSizeY": float(spacing[0]),
-        "PhysicalSizeYUnit": "µm",
-    }
-    with atomic_path(path) as tmp:
-        tifffile.imwrite(
-            tmp,
-            data,
-            ome=True,
-            photometric="rgb" if rgb else "minisblack",
-            metadata=metadata,
-            compression="zlib",
-            resolution=(1e4 / float(spacing[1]), 1e4 / float(spacing[0])),
-            resolutionunit="CENTIMETER",
-        )
+    """An OME-TIFF of the sample (zlib) with its pixel size in the OME-XML and the tags."""
+    metadata = ome_metadata(
+        tuple(spacing), scan_stem(path), key, rgb=rgb, namespace="cellseg.synth.brightfield"
+    )
+    write_ome_tiff(path, data, metadata, "zlib", resolution_um=tuple(spacing))

@@ -66,14 +66,15 @@ def write_synthetic_scan(
     # The OME UUID is derived from the arguments, so equal arguments give equal files.
     key = repr((tuple(shape), spacing_used, seed, sorted(kwargs.items(), key=str)))
     if labels_out is not None:
-        metadata = _ome_metadata(spacing_used, _stem(labels_out), f"labels {key}")
-        _write_tiff_atomic(labels_out, labels, metadata, compression="zlib")
-    metadata = _ome_metadata(spacing_used, _stem(image_path), f"image {key}")
-    _write_tiff_atomic(image_path, image, metadata, compression=None)
+        metadata = ome_metadata(spacing_used, scan_stem(labels_out), f"labels {key}")
+        write_ome_tiff(labels_out, labels, metadata, compression="zlib")
+    metadata = ome_metadata(spacing_used, scan_stem(image_path), f"image {key}")
+    write_ome_tiff(image_path, image, metadata, compression=None)
     return image_path, labels_out
 
 
-def _stem(path: Path) -> str:
+def scan_stem(path: Path) -> str:
+    """A scan file's name without its scan suffix (``a.ome.tif`` → ``a``), the OME ``Name``."""
     name = path.name
     for suffix in SCAN_SUFFIXES:
         if name.lower().endswith(suffix):
@@ -81,12 +82,20 @@ def _stem(path: Path) -> str:
     return name
 
 
-def _ome_metadata(spacing: tuple[float, ...], name: str, key: str) -> dict[str, Any]:
+def ome_metadata(
+    spacing: tuple[float, ...],
+    name: str,
+    key: str,
+    *,
+    rgb: bool = False,
+    namespace: str = "cellseg.synth",
+) -> dict[str, Any]:
+    """OME-XML of a synthetic scan: axes, name, a UUID derived from `key`, pixel sizes in µm."""
     axes = "YX" if len(spacing) == 2 else "ZYX"
     metadata: dict[str, Any] = {
-        "axes": axes,
+        "axes": axes + "S" if rgb else axes,
         "Name": name,
-        "UUID": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, 'cellseg.synth:' + key)}",
+        "UUID": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{namespace}:{key}')}",
         "PhysicalSizeX": spacing[-1],
         "PhysicalSizeXUnit": "µm",
         "PhysicalSizeY": spacing[-2],
@@ -98,15 +107,29 @@ def _ome_metadata(spacing: tuple[float, ...], name: str, key: str) -> dict[str, 
     return metadata
 
 
-def _write_tiff_atomic(
-    path: Path, data: np.ndarray, metadata: dict[str, Any], compression: str | None
+def write_ome_tiff(
+    path: Path,
+    data: np.ndarray,
+    metadata: dict[str, Any],
+    compression: str | None,
+    *,
+    resolution_um: tuple[float, float] | None = None,
 ) -> None:
+    """Write an OME-TIFF under a temporary name and move it into place; RGB when the
+    metadata's axes end in ``S``; with TIFF resolution tags when `resolution_um` (y, x)."""
+    tags: dict[str, Any] = {}
+    if resolution_um is not None:
+        tags = {
+            "resolution": (1e4 / float(resolution_um[1]), 1e4 / float(resolution_um[0])),
+            "resolutionunit": "CENTIMETER",
+        }
     with atomic_path(path) as tmp:
         tifffile.imwrite(
             tmp,
             data,
             ome=True,
-            photometric="minisblack",
+            photometric="rgb" if metadata["axes"].endswith("S") else "minisblack",
             metadata=metadata,
             compression=compression,
+            **tags,
         )
