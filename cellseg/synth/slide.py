@@ -31,6 +31,7 @@ import numpy as np
 import tifffile
 
 from cellseg.atomic import atomic_path
+from cellseg.synth.write import resolution_tags
 
 __all__ = ["FLAVOURS", "write_slide"]
 
@@ -128,10 +129,10 @@ def write_slide(
             elif flavour == "ndpi-like":
                 _write_ndpi_pages(tw, levels, mpp, power, options)
             elif flavour == "pyramidal-tiff":
-                resolution = _resolution(mpp)
+                resolution = resolution_tags(mpp)
                 tw.write(levels[0], subifds=len(levels) - 1, **resolution, **options)
                 for k, level in enumerate(levels[1:], start=1):
-                    tw.write(level, subfiletype=1, **_resolution(mpp * step**k), **options)
+                    tw.write(level, subfiletype=1, **resolution_tags(mpp * step**k), **options)
             else:
                 ome = {
                     "axes": "YXS",
@@ -165,12 +166,6 @@ def _reduce(rgb: np.ndarray, step: int) -> np.ndarray:
     padded = np.pad(rgb, ((0, out_h * step - h), (0, out_w * step - w), (0, 0)), mode="edge")
     blocks = padded.reshape(out_h, step, out_w, step, 3).astype(np.float32)
     return np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)
-
-
-def _resolution(mpp: float) -> dict:
-    """Resolution tags for `mpp` µm per pixel: pixels per centimetre."""
-    per_cm = 1e4 / float(mpp)
-    return {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
 
 
 def _write_svs(
@@ -210,7 +205,7 @@ def _write_ndpi_pages(
             level,
             extratags=extratags,
             software="NDP.scan",
-            **_resolution(mpp * 4**k),
+            **resolution_tags(mpp * 4**k),
             **options,
             **({"subfiletype": 0} if k == 0 else {}),
         )

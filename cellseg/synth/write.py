@@ -82,6 +82,18 @@ def scan_stem(path: Path) -> str:
     return name
 
 
+def resolution_tags(y_um: float, x_um: float | None = None) -> dict[str, Any]:
+    """TIFF resolution tags (pixels per centimetre) of pixels `y_um` × `x_um` µm (square if one).
+
+    Examples
+    --------
+    >>> resolution_tags(0.25)
+    {'resolution': (40000.0, 40000.0), 'resolutionunit': 'CENTIMETER'}
+    """
+    x_um = y_um if x_um is None else x_um
+    return {"resolution": (1e4 / float(x_um), 1e4 / float(y_um)), "resolutionunit": "CENTIMETER"}
+
+
 def ome_metadata(
     spacing: tuple[float, ...],
     name: str,
@@ -117,12 +129,7 @@ def write_ome_tiff(
 ) -> None:
     """Write an OME-TIFF under a temporary name and move it into place; RGB when the
     metadata's axes end in ``S``; with TIFF resolution tags when `resolution_um` (y, x)."""
-    tags: dict[str, Any] = {}
-    if resolution_um is not None:
-        tags = {
-            "resolution": (1e4 / float(resolution_um[1]), 1e4 / float(resolution_um[0])),
-            "resolutionunit": "CENTIMETER",
-        }
+    tags = {} if resolution_um is None else resolution_tags(*resolution_um)
     with atomic_path(path) as tmp:
         tifffile.imwrite(
             tmp,
