@@ -62,6 +62,7 @@ __all__ = [
     "FileLock",
     "LockedError",
     "hold",
+    "holder_gone",
     "lock_path",
     "lock_wait",
     "locked",
@@ -123,6 +124,31 @@ def read_holder(path: Path) -> Holder | None:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def holder_gone(
+    holder: Holder | None,
+    mtime_ns: int,
+    *,
+    unchanged_s: float = 0.0,
+    stale_s: float = STALE_S,
+    own_token: str | None = None,
+) -> bool:
+    """Whether the holder of a lock file is provably gone (see the module notes).
+
+    Gone: it names this host and a process that no longer runs, or the file
+    was not refreshed for `stale_s` seconds (by its modification time
+    `mtime_ns`, or `unchanged_s` seconds seen unchanged by the caller). A
+    holder that is this process under another token (another lock object
+    here) is never gone.
+    """
+    if holder is not None and holder.host == host_name():
+        if holder.pid == os.getpid() and holder.token != own_token:
+            return False  # another lock object of this process: it waits like others
+        if not pid_alive(holder.pid):
+            return True
+    age = time.time() - mtime_ns / 1e9
+    return unchanged_s >= stale_s or age >= stale_s
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
@@ -284,13 +310,13 @@ class FileLock:
         return True
 
     def _stale(self, holder: Holder | None, sig: tuple[int, int, int], unchanged_s: float) -> bool:
-        if holder is not None and holder.host == self.holder.host:
-            if holder.pid == self.holder.pid and holder.token != self.holder.token:
-                return False  # another lock object of this process: it waits like others
-            if not pid_alive(holder.pid):
-                return True
-        age = time.time() - sig[2] / 1e9
-        return unchanged_s >= self.stale_s or age >= self.stale_s
+        return holder_gone(
+            holder,
+            sig[2],
+            unchanged_s=unchanged_s,
+            stale_s=self.stale_s,
+            own_token=self.holder.token,
+        )
 
     def _take_over(self, holder: Holder | None, sig: tuple[int, int, int]) -> None:
         """Remove the stale lock with signature `sig`, one taker at a time."""

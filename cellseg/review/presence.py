@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from cellseg.atomic import host_name, pid_alive
-from cellseg.lock import STALE_S, FileLock, Holder, hold, lock_wait, read_holder
+from cellseg.atomic import host_name
+from cellseg.lock import FileLock, Holder, hold, holder_gone, lock_wait, read_holder
 from cellseg.review.logs import default_user
 from cellseg.review.paths import review_dir
 
@@ -50,15 +49,6 @@ def reviewer_name(holder: Holder) -> str:
     if holder.command.startswith(_PREFIX):
         return holder.command[len(_PREFIX) :]
     return f"process {holder.pid}"
-
-
-def _alive(path: Path, holder: Holder) -> bool:
-    if holder.host == host_name() and not pid_alive(holder.pid):
-        return False
-    try:
-        return time.time() - path.stat().st_mtime < STALE_S
-    except FileNotFoundError:
-        return False
 
 
 class ReviewPresence:
@@ -111,7 +101,11 @@ class ReviewPresence:
             if path == self._lock.path:
                 continue
             holder = read_holder(path)
-            if holder is not None and _alive(path, holder):
+            try:
+                mtime_ns = path.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue  # left just now
+            if holder is not None and not holder_gone(holder, mtime_ns):
                 found.append(holder)
         return sorted(found, key=lambda h: h.started)
 
