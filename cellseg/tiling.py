@@ -218,19 +218,25 @@ def box_dtype(shape: Sequence[int]) -> type:
     return np.uint16 if max(shape, default=0) < 2**16 - 1 else coord_dtype(shape)
 
 
-def batch_tiles(n_tiles: int, tiles_per_batch: int) -> dict[str, list[int]]:
+def batch_tiles(tiles: int | Sequence[int], tiles_per_batch: int) -> dict[str, list[int]]:
     """Group tile indices into named batches of consecutive tiles.
+
+    `tiles` is the number of tiles (indices 0 .. n-1), or the indices of the
+    tiles to batch, in order (the tiles a plan keeps).
 
     Examples
     --------
     >>> batch_tiles(5, 2)
     {'b0000': [0, 1], 'b0001': [2, 3], 'b0002': [4]}
+    >>> batch_tiles([1, 4, 6], 2)
+    {'b0000': [1, 4], 'b0001': [6]}
     """
     if tiles_per_batch < 1:
         raise ConfigError(f"tiles per batch must be >= 1, got {tiles_per_batch}.")
+    indices = list(range(tiles)) if isinstance(tiles, int) else [int(i) for i in tiles]
     return {
-        f"b{i:04d}": list(range(start, min(start + tiles_per_batch, n_tiles)))
-        for i, start in enumerate(range(0, n_tiles, tiles_per_batch))
+        f"b{i:04d}": indices[start : start + tiles_per_batch]
+        for i, start in enumerate(range(0, len(indices), tiles_per_batch))
     }
 
 

@@ -311,8 +311,7 @@ def plan_tissue_tiles(
     if tissue is None:
         return batch_tiles(len(tiles), tiles_per_batch), None
     kept = tiles_with_tissue(tissue, tiles)
-    parts = batch_tiles(len(kept), tiles_per_batch)
-    batches = {name: [kept[i] for i in part] for name, part in parts.items()}
+    batches = batch_tiles(kept, tiles_per_batch)
     skipped = sorted(set(t.index for t in tiles) - set(kept))
     log.info(
         "plan: %d of %d tiles have tissue (%.0f %% of the scan); %d glass tiles skipped",

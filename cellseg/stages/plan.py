@@ -182,7 +182,6 @@ def _skip_background(
         empty = empty[1:]
     gone = set(empty)
     left = [t.index for t in kept if t.index not in gone]
-    parts = batch_tiles(len(left), tiles_per_batch)
     log.info(
         "plan: %d of %d tiles hold nothing above the background (below %.4g, noise %.3g); skipped",
         len(empty),
@@ -190,7 +189,7 @@ def _skip_background(
         summary["threshold"],
         summary["noise"],
     )
-    return {name: [left[i] for i in part] for name, part in parts.items()}, empty
+    return batch_tiles(left, tiles_per_batch), empty
 
 
 def _auto_diameter(outdir: Path, info: dict, plan_path: Path, backend, model) -> float | None:
