@@ -28,6 +28,28 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def _frame(
+    fig: Any,
+    *,
+    left: float = 0.1,
+    right: float = 0.1,
+    bottom: float = 0.1,
+    top: float = 0.35,
+    wspace: float = 0.1,
+    hspace: float = 0.1,
+) -> None:
+    """Fixed margins in inches (a layout engine would draw every figure twice)."""
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(
+        left=left / w,
+        right=1 - right / w,
+        bottom=bottom / h,
+        top=1 - top / h,
+        wspace=wspace,
+        hspace=hspace,
+    )
+
+
 def _pyplot() -> Any:
     """matplotlib's pyplot, on the Agg backend unless one was chosen already."""
     import matplotlib  # heavy: loaded only when a figure is drawn
@@ -110,7 +132,8 @@ def figure_thumbnail(
     """
     plt = _pyplot()
     h, w = image.shape[:2]
-    fig, ax = plt.subplots(figsize=(9.5, 9.5 * h / max(w, 1) + 0.4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(9.5, 9.5 * h / max(w, 1) + 0.4))
+    _frame(fig, top=0.4)
     ax.imshow(outline_overlay(image, labels, low, high), interpolation="nearest")
     for y in seams[0]:
         ax.axhline(y, color="yellow", lw=0.6, ls="--", alpha=0.7)
@@ -140,9 +163,8 @@ def figure_crops(crops: Sequence[dict[str, Any]], *, low: float, high: float) ->
         A PNG file.
     """
     plt = _pyplot()
-    fig, axes = plt.subplots(
-        1, len(crops), figsize=(3.6 * len(crops), 3.9), squeeze=False, layout="constrained"
-    )
+    fig, axes = plt.subplots(1, len(crops), figsize=(3.6 * len(crops), 3.9), squeeze=False)
+    _frame(fig, wspace=0.05)
     for ax, crop in zip(axes[0], crops):
         ax.imshow(
             outline_overlay(crop["image"], crop["labels"], low, high), interpolation="nearest"
@@ -192,9 +214,8 @@ def figure_histograms(table: pd.DataFrame, channels: Sequence[str] = ()) -> byte
     panels = [(c, label) for c, label in panels if c in table]
     cols = 4
     rows = max(1, math.ceil(len(panels) / cols))
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False, layout="constrained"
-    )
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)
+    _frame(fig, left=0.45, right=0.15, bottom=0.5, top=0.15, wspace=0.3, hspace=0.45)
     for ax in axes.ravel():
         ax.set_visible(False)
     for ax, (col, label) in zip(axes.ravel(), panels):
@@ -203,7 +224,9 @@ def figure_histograms(table: pd.DataFrame, channels: Sequence[str] = ()) -> byte
         values = values[np.isfinite(values)]
         if values.size:
             lo, hi = np.percentile(values, [0.5, 99.5])
-            ax.hist(values, bins=40, range=(lo, hi) if hi > lo else None, color="#4477aa")
+            # one filled outline, not a patch per bar: a tenth of the drawing time
+            counts, edges = np.histogram(values, bins=40, range=(lo, hi) if hi > lo else None)
+            ax.stairs(counts, edges, fill=True, color="#4477aa")
             ax.axvline(np.median(values), color="#cc3311", lw=1)
         else:
             ax.text(0.5, 0.5, "no cells", ha="center", va="center", transform=ax.transAxes)
@@ -258,7 +281,8 @@ def figure_seam(seam: dict[str, Any]) -> bytes:
     """
     plt = _pyplot()
     prof = seam["profile"]
-    fig, axes = plt.subplots(1, 2, figsize=(8.5, 2.8), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 2.8))
+    _frame(fig, left=0.6, right=0.1, bottom=0.5, top=0.1, wspace=0.3)
     for ax, key, label in (
         (axes[0], "density", "cell density / scan mean"),
         (axes[1], "size", "median size / scan median"),
