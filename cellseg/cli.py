@@ -590,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    keep_heap_flat()
+    if args.command != "train":  # training streams no chunks, its tensors want a roomy heap
+        keep_heap_flat()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",

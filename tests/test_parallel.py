@@ -145,3 +145,42 @@ def test_freed_chunk_sized_blocks_go_back_to_the_system(mode):
         [sys.executable, "-c", _HEAP_PROBE, mode], capture_output=True, text=True, check=True
     )
     assert float(out.stdout) > 56, out.stdout
+
+
+_ROOMY_PROBE = """
+import numpy as np
+from cellseg.parallel import keep_heap_flat, roomy_heap
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+
+def every_other_freed():
+    blocks = [np.ones(2 << 20, np.uint8) for _ in range(64)]
+    before = rss_mb()
+    del blocks[::2]
+    return before - rss_mb(), blocks
+
+assert keep_heap_flat()
+with roomy_heap():
+    inside, kept = every_other_freed()
+    before_exit = rss_mb()
+trimmed = before_exit - rss_mb()
+del kept
+after, _ = every_other_freed()
+print(inside, trimmed, after)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_roomy_heap_reuses_blocks_then_gives_them_back():
+    """Inside the block freed 2 MB blocks stay for reuse; leaving gives them back, and
+    afterwards such blocks are mappings of their own again (the fixed threshold is back)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _ROOMY_PROBE], capture_output=True, text=True, check=True
+    )
+    inside, trimmed, after = map(float, out.stdout.split())
+    assert inside < 16, out.stdout
+    assert trimmed > 48, out.stdout
+    assert after > 56, out.stdout

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cellseg.parallel import roomy_heap
 from cellseg.segmentation.network import alignment, plane_factor
 
 
@@ -97,7 +98,10 @@ def predict_maps(
     to at most :data:`MAX_BATCH_PX` pixels). Mixed precision (float16
     autocast) is used on CUDA. Orthogonal-view models run on the planes of
     each stack (:func:`orthogonal_maps`); ``spacing`` sets their z resampling.
+    The allocator reuses the tensors' memory meanwhile
+    (:func:`cellseg.parallel.roomy_heap`).
     """
-    if spec.get("views") == "orthogonal":
-        return [orthogonal_maps(net, c, spec, spacing, device) for c in crops]
-    return _run_network(net, crops, alignment(spec), device)
+    with roomy_heap():
+        if spec.get("views") == "orthogonal":
+            return [orthogonal_maps(net, c, spec, spacing, device) for c in crops]
+        return _run_network(net, crops, alignment(spec), device)
