@@ -193,15 +193,20 @@ def keep_heap_flat(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     bool
         Whether the threshold was set (False off glibc).
     """
+    done = _set_mmap_threshold(threshold)
+    if done:
+        _HEAP["threshold"] = int(threshold)
+    return done
+
+
+def _set_mmap_threshold(threshold: int) -> bool:
+    """glibc's ``mallopt(M_MMAP_THRESHOLD, threshold)``; False off glibc."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     m_mmap_threshold = -3  # from glibc's malloc.h
-    done = bool(mallopt(m_mmap_threshold, int(threshold)))
-    if done:
-        _HEAP["threshold"] = int(threshold)
-    return done
+    return bool(mallopt(m_mmap_threshold, int(threshold)))
 
 
 #: The mmap threshold while a network runs (see :func:`roomy_heap`).
@@ -226,9 +231,7 @@ def roomy_heap(threshold: int = ROOMY_THRESHOLD_BYTES) -> Iterator[None]:
     with _HEAP_LOCK:
         fixed = _HEAP["threshold"]
         raise_it = fixed is not None and fixed < threshold and _HEAP["open"] == 0
-        if raise_it:
-            raise_it = keep_heap_flat(threshold)
-            _HEAP["threshold"] = fixed
+        raise_it = raise_it and _set_mmap_threshold(threshold)
         _HEAP["open"] += 1
     try:
         yield
@@ -236,7 +239,7 @@ def roomy_heap(threshold: int = ROOMY_THRESHOLD_BYTES) -> Iterator[None]:
         with _HEAP_LOCK:
             _HEAP["open"] -= 1
             if raise_it:
-                keep_heap_flat(fixed)
+                _set_mmap_threshold(fixed)
                 trim_heap()
 
 
