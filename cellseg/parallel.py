@@ -14,13 +14,15 @@ work (paths are passed, not pixels).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import ctypes
+import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import dask
@@ -316,16 +318,23 @@ def _read_words(path: str) -> list[str]:
 
 
 def map_chunks(
-    func: Callable[[Any], Any], items: Iterable[Any], *, threads: int | None = None
+    func: Callable[[Any], Any],
+    items: Iterable[Any],
+    *,
+    threads: int | None = None,
+    processes: bool = False,
+    preload: Sequence[str] = (),
 ) -> Iterator[Any]:
     """``func(item)`` for every item, in order, chunk-parallel.
 
     Inside :func:`dask_scheduler` with an address the calls run on the
     dask.distributed workers (`func` is pickled with cloudpickle); otherwise
     on `threads` local threads of :func:`thread_pool` (None: every available
-    CPU; 1, or when called from a pool thread: in this thread).
-    Each item should stand for one chunk of work, so that memory is bounded
-    by the chunks in flight.
+    CPU; 1, or when called from a pool thread: in this thread), or with
+    `processes` on as many processes of their own (:func:`process_map`; `func`
+    and the items must pickle, the modules named in `preload` are imported
+    once before the processes start). Each item should stand for one chunk of
+    work, so that memory is bounded by the chunks in flight.
 
     Examples
     --------
@@ -344,4 +353,77 @@ def map_chunks(
         for item in items:
             yield func(item)
         return
+    if processes:
+        yield from process_map(func, items, workers=workers, preload=preload)
+        return
     yield from thread_pool(workers).map(func, items)
+
+
+def _start_worker(threshold: int | None) -> None:
+    """Set up a :func:`process_map` worker: the parent's heap setting, no nested pools."""
+    if threshold is not None:
+        keep_heap_flat(threshold)
+    _IN_POOL.active = True
+
+
+def _process_context(preload: Sequence[str]) -> Any:
+    """The ``forkserver`` context, its server to import `preload` when it starts."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(preload))
+    return context
+
+
+def start_process_server(preload: Sequence[str] = ()) -> None:
+    """Start the server :func:`process_map` forks its processes from, in the background.
+
+    The server imports the modules in `preload` (about a second for the
+    measuring code) while the caller goes on, e.g. with a first pass over the
+    chunks; a later :func:`process_map` then starts its processes at once.
+    Once started, the server stays until this process exits.
+    """
+    _process_context(preload)
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
+def process_map(
+    func: Callable[[Any], Any],
+    items: Iterable[Any],
+    *,
+    workers: int,
+    preload: Sequence[str] = (),
+) -> Iterator[Any]:
+    """``func(item)`` for every item, in order, on `workers` processes of their own.
+
+    For chunk work that holds the GIL (per-cell meshes and hulls), where
+    threads do not run in parallel. The processes are forked from a fresh
+    server process (``forkserver``: never from this one, whose threads may
+    hold locks), which imports the modules in `preload` once; they take the
+    parent's heap setting (:func:`keep_heap_flat`) and are gone when the
+    iteration ends. At most ``2 * workers`` items are in flight, so memory is
+    bounded by the chunks being worked on. Starting costs about a second
+    (the imports; :func:`start_process_server` starts them ahead): for work of
+    several seconds or more.
+
+    Examples
+    --------
+    >>> list(process_map(abs, [-2, 1, -3], workers=2))
+    [2, 1, 3]
+    """
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=_process_context(preload),
+        initializer=_start_worker,
+        initargs=(_HEAP["threshold"],),
+    )
+    pending: collections.deque = collections.deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(func, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -10,8 +10,10 @@ the neighbour columns from their centroids (:mod:`cellseg.measure.neighbours`).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from cellseg.measure.columns import (
 from cellseg.measure.neighbours import Neighbors
 from cellseg.measure.regions import measure_region
 from cellseg.measure.table import ROW_GROUP_ROWS, TableWriter
-from cellseg.parallel import map_chunks
+from cellseg.parallel import available_cpus, map_chunks, start_process_server
 from cellseg.progress import progress
 
 
@@ -82,6 +84,60 @@ def _measure_group(
     for j, name in enumerate(measured):
         rows[:, j] = values[name]
     return rows
+
+
+#: Rough single-core cost of measuring one cell, seconds, by dimensions (2 shared cores).
+_SECONDS_PER_CELL = {2: 1.5e-4, 3: 2.5e-3}
+#: Measure on processes of their own (see :func:`_use_processes`) from this much work, seconds.
+PROCESS_WORK_S = 4.0
+#: What the measuring processes import once, before they are forked.
+_PRELOAD = ("cellseg.measure.cells", "zarr")
+#: Densest cell packing assumed when guessing the work before the cells are counted.
+_MAX_CELLS_PER_PIXEL = {2: 1.0 / 200, 3: 1.0 / 400}
+
+
+def _by_reference(array: Any) -> bool:
+    """Whether `array` pickles as a small reference (a zarr array, a dask graph over
+    files), so that another process can read it, not as its pixels."""
+    if isinstance(array, np.ndarray):
+        return False
+    try:
+        return len(pickle.dumps(array)) < (1 << 20)
+    except Exception:  # noqa: BLE001 - anything that does not pickle stays in this process
+        return False
+
+
+def warm_processes(shape: Sequence[int], threads: int | None = None) -> None:
+    """Start the measuring processes' server now when a scan of `shape` may need them.
+
+    For a caller about to measure the file-backed labels of such a scan (the
+    measure stage, or a run before its stitch stage): the server's imports
+    then overlap other work. Whether processes are used is decided once the
+    cells are counted; a server started for nothing only waits.
+    """
+    nd = len(shape)
+    guess = int(np.prod(shape) * _MAX_CELLS_PER_PIXEL[nd])
+    if (threads or available_cpus()) > 1 and guess * _SECONDS_PER_CELL[nd] >= PROCESS_WORK_S:
+        start_process_server(_PRELOAD)
+
+
+def _use_processes(
+    n_cells: int,
+    nd: int,
+    workers: int,
+    label_image: Any,
+    channels: Sequence[Any],
+    *,
+    work: bool = True,
+) -> bool:
+    """Whether pass 2 is worth processes of its own: per-cell meshes, hulls and
+    contours hold the GIL, so threads barely overlap, while processes cost
+    about a second to start. Only for file-backed arrays (the stage's), which
+    the processes open themselves, and (unless `work` is off) for about
+    :data:`PROCESS_WORK_S` of work or more."""
+    if workers <= 1 or (work and n_cells * _SECONDS_PER_CELL[nd] < PROCESS_WORK_S):
+        return False
+    return all(_by_reference(a) for a in (label_image, *channels))
 
 
 class _RowStore:
@@ -153,6 +209,7 @@ def measure_cells(
     show_progress: bool = False,
     out: TableWriter | None = None,
     stains: dict | None = None,
+    processes: bool | None = False,
 ) -> pd.DataFrame | None:
     """Measure every cell of a label image: morphology, neighbours, intensities.
 
@@ -192,6 +249,16 @@ def measure_cells(
         :mod:`cellseg.stain`): the first three channels of `intensity_image`
         are RGB, and the stains' optical-density columns and the RGB means
         (:func:`~cellseg.measure.columns.brightfield_columns`) are added.
+    processes : bool or None
+        Measure the chunks' cells on `threads` processes of their own
+        (:func:`cellseg.parallel.process_map`) instead of threads: the
+        per-cell work holds the GIL, so threads barely overlap. None: when
+        there is about :data:`PROCESS_WORK_S` of work or more and the arrays
+        are file-backed (zarr, or dask over files; in-memory arrays would be
+        copied to every task); the measure stage does this. As with any
+        Python multiprocessing, a script that turns this on must start its
+        work under ``if __name__ == "__main__":`` (the processes import the
+        script's main module).
 
     Returns
     -------
@@ -220,6 +287,11 @@ def measure_cells(
     keys = channel_keys(names)
     chunks = chunk_shape(label_image, chunks, shape)
 
+    workers = threads or available_cpus()
+    if processes and workers > 1:
+        start_process_server(_PRELOAD)  # it imports while pass 1 runs
+    elif processes is None and _use_processes(1, nd, workers, label_image, channels, work=False):
+        warm_processes(shape, workers)
     base = cell_boxes(
         label_image,
         axes=axes,
@@ -253,29 +325,43 @@ def measure_cells(
     del home, starts, stops  # each group's ids and boxes are gathered when it is measured
     pad = tuple(int(math.ceil(ring_width_um / s)) if ring_width_um > 0 else 0 for s in spacing)
 
-    def run(index: np.ndarray) -> np.ndarray:
-        group = (
+    measure_group = functools.partial(
+        _measure_group,
+        label_image=label_image,
+        channels=channels,
+        spacing=spacing,
+        shape=shape,
+        pad=pad,
+        ring_width_um=ring_width_um,
+        measured=measured,
+        keys=keys,
+        stains=stains,
+    )
+
+    def gather(index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (
             base["cell_id"][index],
             np.stack([base[f"bbox_{a}_start_px"][index] for a in axes], axis=1),
             np.stack([base[f"bbox_{a}_stop_px"][index] for a in axes], axis=1),
         )
-        return _measure_group(
-            group,
-            label_image,
-            channels,
-            spacing=spacing,
-            shape=shape,
-            pad=pad,
-            ring_width_um=ring_width_um,
-            measured=measured,
-            keys=keys,
-            stains=stains,
+
+    if processes is None:
+        processes = _use_processes(n, nd, workers, label_image, channels)
+    if processes:
+        results = map_chunks(
+            measure_group,
+            (gather(index) for index in groups),
+            threads=workers,
+            processes=True,
+            preload=_PRELOAD,
         )
+    else:
+        results = map_chunks(lambda index: measure_group(gather(index)), groups, threads=workers)
 
     store = _RowStore(n, len(measured), None if out is None else out.scratch_path("rows"))
     try:
         bar = progress(total=n, desc="measure cells", enabled=show_progress)
-        for index, rows in zip(groups, map_chunks(run, groups, threads=threads)):
+        for index, rows in zip(groups, results):
             store.put(index, rows)
             bar.update(len(rows))
         bar.close()

@@ -35,7 +35,9 @@ def measure(
     Every channel of the scan is measured (see :mod:`cellseg.measure`), and
     in a brightfield scan (``ingest.json``'s ``modality``) also its stains'
     optical densities under the scan's stain vectors (``stain``);
-    `threads` chunks at a time (default all cores). `ring_width_um` and
+    `threads` chunks at a time (default all cores; on as many processes of
+    their own when there are enough cells to pay for starting them, see
+    :func:`cellseg.measure.measure_cells`'s ``processes``). `ring_width_um` and
     `neighbor_radius_um` default to :data:`cellseg.measure.DEFAULT_RING_WIDTH_UM`
     and :data:`cellseg.measure.DEFAULT_NEIGHBOR_RADIUS_UM`. The Parquet
     metadata documents every column and records the scan, the config, the
@@ -144,6 +146,7 @@ def measure(
                 threads=threads,
                 show_progress=show_progress,
                 out=writer,
+                processes=None,
             )
     if labels == "cells":
         record_seconds(outdir, "measure", time.perf_counter() - t_start)

@@ -8,6 +8,7 @@ from pathlib import Path
 from cellseg.config import DEFAULTS
 from cellseg.layout import image_path
 from cellseg.lock import locked
+from cellseg.measure.cells import warm_processes
 from cellseg.progress import progress
 from cellseg.stages.ingest import ingest
 from cellseg.stages.measure import measure
@@ -88,6 +89,7 @@ def segment(
             bar=bar,
         )
     bar.close()
+    warm_processes(info["shape"], threads)  # measure's processes import while stitch runs
     summary = stitch(outdir, show_progress=show_progress, force=force)
     table = measure(outdir, threads=threads, show_progress=show_progress, force=force)
     qc = report(outdir)
