@@ -60,7 +60,7 @@ def default_spec(spatial_dims: int) -> dict:
     spec = {
         "format": MODEL_FORMAT,
         "name": f"nuclei{spatial_dims}d",
-        "version": "0.3.0",
+        "version": "0.3.1",
         "spatial_dims": spatial_dims,
         "in_channels": 1,
         "heads": list(HEADS),
@@ -88,6 +88,9 @@ def default_spec(spatial_dims: int) -> dict:
             "peak_radius_px": 4.0 if spatial_dims == 2 else 5.0,
             "smooth_px": 2.0 if spatial_dims == 2 else 1.5,
             "min_size": 8,
+            # a seed must rise a little above the pass to a higher one, so the
+            # bumps of a large textured nucleus are not seeds of their own
+            "prominence": 0.05,
         },
         # when the scan's diameter is known, nuclei are about diameter_px across:
         # smooth more and keep only prominent seeds (see targets_to_labels)
