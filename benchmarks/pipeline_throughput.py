@@ -10,10 +10,12 @@ and tile size. The last line is exactly ``segment/forward ratio 2D: X 3D: Y``
 (whole ``cellseg segment`` wall time / bare forward-pass time).
 
 ``--measure``: the measure stage alone: ms per cell of
-:func:`cellseg.measure.measure_cells` and of scikit-image's
-``regionprops_table`` on comparable columns (the property list is printed),
-on the same synthetic labels, best of ``--repeat`` runs (timings on a shared
-machine are noisy).
+:func:`cellseg.measure.measure_cells` on ``--threads`` threads and on as
+many processes (labels and image in Zarr, as the stage reads them; the
+processes' start-up counts, except the server's imports after the first run)
+and of scikit-image's ``regionprops_table`` on comparable columns (the
+property list is printed), on the same synthetic labels, best of ``--repeat``
+runs (timings on a shared machine are noisy).
 
     nice python benchmarks/pipeline_throughput.py --quick            # < 5 min on 2 cores
     nice python benchmarks/pipeline_throughput.py --measure --quick
@@ -55,8 +57,19 @@ def regionprops_properties(ndim: int) -> list[str]:
     return props
 
 
+def _on_disk(array: np.ndarray, chunks, folder: str, name: str):
+    """`array` as a zarr array in `folder` (the measure stage reads its labels so)."""
+    import zarr
+
+    z = zarr.open_array(
+        f"{folder}/{name}.zarr", mode="w", shape=array.shape, chunks=chunks, dtype=array.dtype
+    )
+    z[:] = array
+    return z
+
+
 def measure_benchmark(quick: bool, threads: int, repeat: int) -> None:
-    """ms per cell of measure_cells and of regionprops_table on synthetic labels."""
+    """ms per cell of measure_cells (threads; processes) and of regionprops_table."""
     from skimage.measure import regionprops_table
 
     from cellseg.measure import measure_cells
@@ -66,17 +79,29 @@ def measure_benchmark(quick: bool, threads: int, repeat: int) -> None:
         ("2D", (1024, 1024) if quick else (2048, 2048), (0.5, 0.5), (512, 512)),
         ("3D", (24, 256, 256) if quick else (32, 512, 512), (2.0, 0.5, 0.5), (24, 128, 128)),
     ]
-    head = f"{'scan':>4} {'shape':>14} {'cells':>6} {'measure ms/cell':>16}"
-    print(f"{head} {'regionprops ms/cell':>20}")
+    head = f"{'scan':>4} {'shape':>14} {'cells':>6} {'threads ms/cell':>16}"
+    print(f"{head} {'processes ms/cell':>18} {'regionprops ms/cell':>20}")
     for name, shape, spacing, chunks in cases:
         image, labels = synthesize_scan(shape, spacing=spacing, seed=1)
         n = int(labels.max())
-        ours = _best(
-            lambda labels=labels, image=image, spacing=spacing, chunks=chunks: measure_cells(
-                labels, image, spacing=spacing, chunks=chunks, threads=threads
-            ),
-            repeat,
-        )
+        with tempfile.TemporaryDirectory() as folder:
+            stored = (
+                _on_disk(labels, chunks, folder, "labels"),
+                _on_disk(image, chunks, folder, "image"),
+            )
+            times = {}
+            for processes in (False, True):
+
+                def run(processes=processes, stored=stored, spacing=spacing, chunks=chunks):
+                    measure_cells(
+                        *stored,
+                        spacing=spacing,
+                        chunks=chunks,
+                        threads=threads,
+                        processes=processes,
+                    )
+
+                times[processes] = _best(run, repeat)
         props = regionprops_properties(len(shape))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -86,9 +111,11 @@ def measure_benchmark(quick: bool, threads: int, repeat: int) -> None:
                 ),
                 repeat,
             )
+        ours = min(times.values())
         print(
-            f"{name:>4} {'×'.join(map(str, shape)):>14} {n:>6} {1e3 * ours / n:>16.3f} "
-            f"{1e3 * theirs / n:>20.3f}   ({theirs / ours:.1f}× regionprops)"
+            f"{name:>4} {'×'.join(map(str, shape)):>14} {n:>6} {1e3 * times[False] / n:>16.3f} "
+            f"{1e3 * times[True] / n:>18.3f} {1e3 * theirs / n:>20.3f}   "
+            f"({theirs / ours:.1f}× regionprops)"
         )
         print(f"     regionprops_table properties: {', '.join(props)}")
 

@@ -45,6 +45,45 @@ def test_representation_round_trip(case, scan2d, scan3d):
         assert r["tp"] == 4 and r["fp"] == 0
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_shallow_basins_merge_as_h_maxima_seeds_would(ndim):
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    from cellseg.segmentation.targets import merge_shallow_basins
+
+    shape = (96, 96) if ndim == 2 else (20, 40, 40)
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        land = ndi.gaussian_filter(rng.random(shape), 3)
+        land = (land - land.min()) / (land.max() - land.min())
+        markers, n = ndi.label(land >= ndi.maximum_filter(land, 3))
+        merged = merge_shallow_basins(watershed(-land, markers), land, n, 0.1)
+        kept, n_kept = ndi.label(h_maxima(land, 0.1))
+        assert n > n_kept > 2
+        # one basin left per h-maximum, each holding its own
+        owners = {int(merged[kept == k][0]) for k in range(1, n_kept + 1)}
+        assert len(np.unique(merged)) == len(owners) == n_kept
+
+
+def test_prominence_keeps_a_bumpy_nucleus_whole_and_touching_ones_apart():
+    labels = _touching_disks()
+    fg, centre = labels_to_targets(labels)
+    yy, xx = np.mgrid[:60, :80]
+    # the big nucleus as a network sees a large textured one: a plateau with bumps
+    bumps = 0.04 * np.sin(yy / 1.3) * np.sin(xx / 1.3)
+    plateau = np.minimum(2 * centre, 0.6) + bumps
+    centre = np.where(labels == 1, plateau, centre).clip(0, 1).astype(np.float32)
+    split = targets_to_labels(fg, centre, smooth_px=0.5, peak_radius_px=2, min_size=1)
+    assert len(np.unique(split[labels == 1])) > 1  # without prominence: pieces
+    whole = targets_to_labels(
+        fg, centre, smooth_px=0.5, peak_radius_px=2, min_size=1, prominence=0.15
+    )
+    r = match_instances(labels, whole, 0.5)
+    assert r["tp"] == 4 and r["fp"] == 0, r
+
+
 def test_targets_have_a_valley_between_touching_cells():
     labels = _touching_disks()
     _, centre = labels_to_targets(labels)
