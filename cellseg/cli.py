@@ -19,7 +19,7 @@ from cellseg.config import CONFIG_SCHEMA, DEFAULTS, load_schema
 from cellseg.errors import CellsegError, disk_full_error
 from cellseg.layout import scan_name
 from cellseg.lock import lock_wait
-from cellseg.parallel import dask_scheduler, keep_heap_flat
+from cellseg.parallel import allow_processes, dask_scheduler, keep_heap_flat
 
 #: The devices that model backends run on, as the config schema names them.
 DEVICES = list(load_schema(CONFIG_SCHEMA)["properties"]["device"]["enum"])
@@ -592,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command != "train":  # training streams no chunks, its tensors want a roomy heap
         keep_heap_flat()
+    allow_processes()  # this entry point's main module is guarded
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",

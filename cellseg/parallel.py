@@ -331,10 +331,11 @@ def map_chunks(
     dask.distributed workers (`func` is pickled with cloudpickle); otherwise
     on `threads` local threads of :func:`thread_pool` (None: every available
     CPU; 1, or when called from a pool thread: in this thread), or with
-    `processes` on as many processes of their own (:func:`process_map`; `func`
-    and the items must pickle, the modules named in `preload` are imported
-    once before the processes start). Each item should stand for one chunk of
-    work, so that memory is bounded by the chunks in flight.
+    `processes` on as many processes of their own (:func:`process_map`, where
+    :data:`PROCESSES_AVAILABLE`; `func` and the items must pickle, the modules
+    named in `preload` are imported once before the processes start). Each
+    item should stand for one chunk of work, so that memory is bounded by the
+    chunks in flight.
 
     Examples
     --------
@@ -353,10 +354,34 @@ def map_chunks(
         for item in items:
             yield func(item)
         return
-    if processes:
+    if processes and PROCESSES_AVAILABLE:
         yield from process_map(func, items, workers=workers, preload=preload)
         return
     yield from thread_pool(workers).map(func, items)
+
+
+# Whether work may choose processes of its own by itself (see allow_processes).
+_PROCESSES = {"allowed": False}
+
+
+def allow_processes(allowed: bool = True) -> None:
+    """Let chunk work choose processes of its own (:func:`process_map`) by itself.
+
+    Processes import the main module of the program again, so a script that
+    starts work at import time would run twice; an entry point whose main
+    module is guarded (the command line) allows them. Elsewhere they are
+    used only when asked for.
+    """
+    _PROCESSES["allowed"] = bool(allowed)
+
+
+def processes_allowed() -> bool:
+    """Whether :func:`allow_processes` was called and this platform can fork a server."""
+    return _PROCESSES["allowed"] and PROCESSES_AVAILABLE
+
+
+#: Whether :func:`process_map` can run here (a ``forkserver``: Linux, macOS).
+PROCESSES_AVAILABLE = "forkserver" in multiprocessing.get_all_start_methods()
 
 
 def _start_worker(threshold: int | None) -> None:
@@ -381,6 +406,8 @@ def start_process_server(preload: Sequence[str] = ()) -> None:
     chunks; a later :func:`process_map` then starts its processes at once.
     Once started, the server stays until this process exits.
     """
+    if not PROCESSES_AVAILABLE:
+        return
     _process_context(preload)
     from multiprocessing import forkserver
 

@@ -397,9 +397,10 @@ def test_chunked_equals_whole(ndim, scan2d, scan3d):
     pd.testing.assert_frame_equal(whole, lazy, check_exact=True)
 
 
-def test_processes_measure_file_backed_scans_as_threads_do(tmp_path, scan3d):
+def test_processes_measure_file_backed_scans_as_threads_do(tmp_path, scan3d, monkeypatch):
     import zarr
 
+    from cellseg import parallel
     from cellseg.measure.cells import _use_processes
 
     image, labels, spacing = scan3d
@@ -426,8 +427,10 @@ def test_processes_measure_file_backed_scans_as_threads_do(tmp_path, scan3d):
         processes=True,
     )
     pd.testing.assert_frame_equal(threads, procs, check_exact=True)
-    # automatic: file-backed arrays and enough work only
+    # automatic: where the program allows it, file-backed arrays and enough work only
     big = 10**6
+    assert not _use_processes(big, 3, 2, on_disk["labels"], [on_disk["image"]])
+    monkeypatch.setitem(parallel._PROCESSES, "allowed", True)
     assert _use_processes(big, 3, 2, on_disk["labels"], [on_disk["image"]])
     assert not _use_processes(big, 3, 2, labels, [on_disk["image"]])  # pixels would be copied
     assert not _use_processes(big, 3, 1, on_disk["labels"], [])

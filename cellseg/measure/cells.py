@@ -38,7 +38,12 @@ from cellseg.measure.columns import (
 from cellseg.measure.neighbours import Neighbors
 from cellseg.measure.regions import measure_region
 from cellseg.measure.table import ROW_GROUP_ROWS, TableWriter
-from cellseg.parallel import available_cpus, map_chunks, start_process_server
+from cellseg.parallel import (
+    available_cpus,
+    map_chunks,
+    processes_allowed,
+    start_process_server,
+)
 from cellseg.progress import progress
 
 
@@ -117,7 +122,9 @@ def warm_processes(shape: Sequence[int], threads: int | None = None) -> None:
     """
     nd = len(shape)
     guess = int(np.prod(shape) * _MAX_CELLS_PER_PIXEL[nd])
-    if (threads or available_cpus()) > 1 and guess * _SECONDS_PER_CELL[nd] >= PROCESS_WORK_S:
+    if not processes_allowed() or (threads or available_cpus()) <= 1:
+        return
+    if guess * _SECONDS_PER_CELL[nd] >= PROCESS_WORK_S:
         start_process_server(_PRELOAD)
 
 
@@ -132,10 +139,14 @@ def _use_processes(
 ) -> bool:
     """Whether pass 2 is worth processes of its own: per-cell meshes, hulls and
     contours hold the GIL, so threads barely overlap, while processes cost
-    about a second to start. Only for file-backed arrays (the stage's), which
-    the processes open themselves, and (unless `work` is off) for about
-    :data:`PROCESS_WORK_S` of work or more."""
-    if workers <= 1 or (work and n_cells * _SECONDS_PER_CELL[nd] < PROCESS_WORK_S):
+    about a second to start. Only where processes are allowed
+    (:func:`cellseg.parallel.allow_processes`: the command line), for
+    file-backed arrays (the stage's), which the processes open themselves,
+    and (unless `work` is off) for about :data:`PROCESS_WORK_S` of work or
+    more."""
+    if not processes_allowed() or workers <= 1:
+        return False
+    if work and n_cells * _SECONDS_PER_CELL[nd] < PROCESS_WORK_S:
         return False
     return all(_by_reference(a) for a in (label_image, *channels))
 
@@ -253,12 +264,14 @@ def measure_cells(
         Measure the chunks' cells on `threads` processes of their own
         (:func:`cellseg.parallel.process_map`) instead of threads: the
         per-cell work holds the GIL, so threads barely overlap. None: when
-        there is about :data:`PROCESS_WORK_S` of work or more and the arrays
+        there is about :data:`PROCESS_WORK_S` of work or more, the arrays
         are file-backed (zarr, or dask over files; in-memory arrays would be
-        copied to every task); the measure stage does this. As with any
-        Python multiprocessing, a script that turns this on must start its
-        work under ``if __name__ == "__main__":`` (the processes import the
-        script's main module).
+        copied to every task) and the program allows it
+        (:func:`cellseg.parallel.allow_processes`, as the command line does);
+        the measure stage asks for this. As with any Python multiprocessing,
+        a script that turns processes on must start its work under
+        ``if __name__ == "__main__":`` (the processes import the script's
+        main module).
 
     Returns
     -------
