@@ -429,6 +429,7 @@ def test_processes_measure_file_backed_scans_as_threads_do(tmp_path, scan3d, mon
     pd.testing.assert_frame_equal(threads, procs, check_exact=True)
     # automatic: where the program allows it, file-backed arrays and enough work only
     big = 10**6
+    monkeypatch.setitem(parallel._PROCESSES, "allowed", False)  # (the CLI allows them)
     assert not _use_processes(big, 3, 2, on_disk["labels"], [on_disk["image"]])
     monkeypatch.setitem(parallel._PROCESSES, "allowed", True)
     assert _use_processes(big, 3, 2, on_disk["labels"], [on_disk["image"]])
