@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from cellseg.normalize import normalize
+from cellseg.segmentation.targets import merge_shallow_basins
 
 #: Rounds of measuring at the scale the previous round asked for.
 ROUNDS = 3
@@ -112,10 +112,13 @@ def blob_diameters_um(
     # nucleus's inscribed radius above the saddles to their neighbours, so a
     # flat nucleus's plateau of maxima counts once
     height = H_FRACTION * float(np.percentile(dist[mask], 90))
-    markers, n = ndi.label(h_maxima(dist, max(height, min_diameter_um / 2.0, 1e-9)))
+    peaks = (dist >= ndi.maximum_filter(dist, size=3, mode="nearest")) & mask
+    markers, n = ndi.label(peaks, structure=np.ones((3,) * mask.ndim))
     if n == 0:
         return np.zeros(0)
     regions = watershed(-dist, markers, mask=mask)
+    # the h-maxima of the distance: peaks that rise less join their neighbour
+    regions = merge_shallow_basins(regions, dist, n, max(height, min_diameter_um / 2.0, 1e-9))
     sizes = np.bincount(regions.ravel(), minlength=n + 1)
     cut = _on_border(regions, sizes.size, range(mask.ndim - 2, mask.ndim))
     keep = sizes > 0

@@ -180,8 +180,9 @@ def merge_shallow_basins(
     """
     if n < 2:
         return labels
-    peak = np.zeros(n + 1)
-    peak[1:] = ndi.maximum(landscape, labels, index=np.arange(1, n + 1))
+    inside = labels > 0
+    peak = np.full(n + 1, -np.inf)
+    np.maximum.at(peak, labels[inside], landscape[inside])  # (no sort, unlike ndi.maximum)
     keys, passes = [], []
     for step in _HALF_NEIGHBOURHOOD[labels.ndim]:
         head = tuple(
