@@ -11,6 +11,7 @@ the neighbour columns from their centroids (:mod:`cellseg.measure.neighbours`).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import pickle
@@ -45,6 +46,8 @@ from cellseg.parallel import (
     start_process_server,
 )
 from cellseg.progress import progress
+
+log = logging.getLogger(__name__)
 
 
 def _measure_group(
@@ -361,6 +364,7 @@ def measure_cells(
     if processes is None:
         processes = _use_processes(n, nd, workers, label_image, channels)
     if processes:
+        log.info("measure: %d cells on %d processes", n, workers)
         results = map_chunks(
             measure_group,
             (gather(index) for index in groups),
