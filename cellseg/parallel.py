@@ -7,6 +7,11 @@ dask.distributed scheduler at ``address`` (``--scheduler`` on the command line,
 ``scheduler`` in the workflow config). Memory is bounded by the chunks in
 flight: about one chunk per thread or worker.
 
+Chunk work that holds Python's GIL (measuring cells one by one) can run on
+processes of their own instead (:func:`process_map`, forked from a server
+that imports the work's modules once), where the program allows it
+(:func:`allow_processes`).
+
 ``distributed`` is optional: it is imported only when an address is given.
 The workers must see the same file system as the process that submits the
 work (paths are passed, not pixels).
