@@ -205,8 +205,7 @@ def merge_shallow_basins(
     key, height = key[last], height[last]
     ends = np.stack([key // (n + 1), key % (n + 1)], axis=1)
 
-    tree = np.arange(n + 1)  # joined groups of the level sets
-    top = np.arange(n + 1)  # each group's highest basin
+    tree = np.arange(n + 1)  # joined groups of the level sets; a root is its group's highest basin
     into = np.arange(n + 1)  # where a basin's pixels go
 
     def root(parent: np.ndarray, i: int) -> int:
@@ -220,11 +219,10 @@ def merge_shallow_basins(
         ra, rb = root(tree, a), root(tree, b)
         if ra == rb:
             continue
-        if (peak[top[ra]], -top[ra]) < (peak[top[rb]], -top[rb]):
+        if (peak[ra], -ra) < (peak[rb], -rb):
             ra, rb, a, b = rb, ra, b, a  # ra: the group with the higher peak
-        ending = top[rb]
-        if peak[ending] - height[e] < prominence:
-            into[root(into, ending)] = root(into, a)
+        if peak[rb] - height[e] < prominence:  # the lower group ends here, too shallow
+            into[root(into, rb)] = root(into, a)
         tree[rb] = ra
     mapping = np.array([root(into, i) for i in range(n + 1)], dtype=labels.dtype)
     return mapping[labels]
