@@ -115,6 +115,30 @@ def _by_reference(array: Any) -> bool:
         return False
 
 
+def _worth_processes(n_cells: int, nd: int) -> bool:
+    """Whether measuring `n_cells` cells is about :data:`PROCESS_WORK_S` of work or more."""
+    return n_cells * _SECONDS_PER_CELL[nd] >= PROCESS_WORK_S
+
+
+def _processes_can_read(workers: int, label_image: Any, channels: Sequence[Any]) -> bool:
+    """Whether processes are allowed (:func:`cellseg.parallel.allow_processes`: the
+    command line), there is more than one worker, and the arrays are file-backed
+    (the stage's), so that the processes open them themselves."""
+    if not processes_allowed() or workers <= 1:
+        return False
+    return all(_by_reference(a) for a in (label_image, *channels))
+
+
+def _use_processes(
+    n_cells: int, nd: int, workers: int, label_image: Any, channels: Sequence[Any]
+) -> bool:
+    """Whether pass 2 is worth processes of its own: per-cell meshes, hulls and
+    contours hold the GIL, so threads barely overlap, while processes cost
+    about a second to start (:func:`_processes_can_read` and
+    :func:`_worth_processes`)."""
+    return _worth_processes(n_cells, nd) and _processes_can_read(workers, label_image, channels)
+
+
 def warm_processes(shape: Sequence[int], threads: int | None = None) -> None:
     """Start the measuring processes' server now when a scan of `shape` may need them.
 
@@ -123,35 +147,11 @@ def warm_processes(shape: Sequence[int], threads: int | None = None) -> None:
     then overlap other work. Whether processes are used is decided once the
     cells are counted; a server started for nothing only waits.
     """
-    nd = len(shape)
-    guess = int(np.prod(shape) * _MAX_CELLS_PER_PIXEL[nd])
     if not processes_allowed() or (threads or available_cpus()) <= 1:
         return
-    if guess * _SECONDS_PER_CELL[nd] >= PROCESS_WORK_S:
+    nd = len(shape)
+    if _worth_processes(int(np.prod(shape) * _MAX_CELLS_PER_PIXEL[nd]), nd):
         start_process_server(_PRELOAD)
-
-
-def _use_processes(
-    n_cells: int,
-    nd: int,
-    workers: int,
-    label_image: Any,
-    channels: Sequence[Any],
-    *,
-    work: bool = True,
-) -> bool:
-    """Whether pass 2 is worth processes of its own: per-cell meshes, hulls and
-    contours hold the GIL, so threads barely overlap, while processes cost
-    about a second to start. Only where processes are allowed
-    (:func:`cellseg.parallel.allow_processes`: the command line), for
-    file-backed arrays (the stage's), which the processes open themselves,
-    and (unless `work` is off) for about :data:`PROCESS_WORK_S` of work or
-    more."""
-    if not processes_allowed() or workers <= 1:
-        return False
-    if work and n_cells * _SECONDS_PER_CELL[nd] < PROCESS_WORK_S:
-        return False
-    return all(_by_reference(a) for a in (label_image, *channels))
 
 
 class _RowStore:
@@ -304,9 +304,10 @@ def measure_cells(
     chunks = chunk_shape(label_image, chunks, shape)
 
     workers = threads or available_cpus()
+    readable = processes is None and _processes_can_read(workers, label_image, channels)
     if processes and workers > 1:
         start_process_server(_PRELOAD)  # it imports while pass 1 runs
-    elif processes is None and _use_processes(1, nd, workers, label_image, channels, work=False):
+    elif readable:
         warm_processes(shape, workers)
     base = cell_boxes(
         label_image,
@@ -362,7 +363,7 @@ def measure_cells(
         )
 
     if processes is None:
-        processes = _use_processes(n, nd, workers, label_image, channels)
+        processes = readable and _worth_processes(n, nd)
     if processes:
         log.info("measure: %d cells on %d processes", n, workers)
         results = map_chunks(
