@@ -156,19 +156,20 @@ def rss_mb():
         if line.startswith("VmRSS"):
             return int(line.split()[1]) / 1024
 
-def every_other_freed():
-    blocks = [np.ones(2 << 20, np.uint8) for _ in range(64)]
+def every_other_freed(mb):
+    blocks = [np.ones(mb << 20, np.uint8) for _ in range(64)]
     before = rss_mb()
     del blocks[::2]
     return before - rss_mb(), blocks
 
 assert keep_heap_flat()
 with roomy_heap():
-    inside, kept = every_other_freed()
+    inside, kept = every_other_freed(2)
     before_exit = rss_mb()
 trimmed = before_exit - rss_mb()
-del kept
-after, _ = every_other_freed()
+# kept stays, so the heap's free room is 2 MB holes between its blocks: 3 MB blocks
+# come from the heap's top or from mappings of their own, which the threshold decides
+after, _ = every_other_freed(3)
 print(inside, trimmed, after)
 """
 
@@ -176,11 +177,12 @@ print(inside, trimmed, after)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_roomy_heap_reuses_blocks_then_gives_them_back():
     """Inside the block freed 2 MB blocks stay for reuse; leaving gives them back, and
-    afterwards such blocks are mappings of their own again (the fixed threshold is back)."""
+    afterwards blocks of a few MB are mappings of their own again (the fixed threshold is
+    back)."""
     out = subprocess.run(
         [sys.executable, "-c", _ROOMY_PROBE], capture_output=True, text=True, check=True
     )
     inside, trimmed, after = map(float, out.stdout.split())
     assert inside < 16, out.stdout
     assert trimmed > 48, out.stdout
-    assert after > 56, out.stdout
+    assert after > 84, out.stdout
