@@ -605,9 +605,16 @@ def _angle_gap(a, b):
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_table_equals_the_fixture(ndim):
+def test_table_equals_the_fixture(ndim, monkeypatch):
+    """The same values on one chunk, on many chunks, and with each chunk's cells cut
+    into slabs of 7 cells (see ``MAX_GROUP_CELLS``)."""
+    from cellseg.measure import cells
+
     expected = pd.read_parquet(DATA / f"measure_{ndim}d.parquet")
-    for kwargs in ({}, {"chunks": (40, 48) if ndim == 2 else (8, 40, 32), "threads": 2}):
+    chunked = {"chunks": (40, 48) if ndim == 2 else (8, 40, 32), "threads": 2}
+    for kwargs, most in (({}, None), (chunked, None), ({"threads": 2}, 7)):
+        if most:
+            monkeypatch.setitem(cells.MAX_GROUP_CELLS, ndim, most)
         table = _measure_fixture(ndim, **kwargs)
         assert list(table.columns) == list(expected.columns)
         assert list(table.dtypes) == list(expected.dtypes)

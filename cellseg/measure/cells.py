@@ -102,6 +102,35 @@ PROCESS_WORK_S = 4.0
 _PRELOAD = ("cellseg.measure.cells", "zarr")
 #: Densest cell packing assumed when guessing the work before the cells are counted.
 _MAX_CELLS_PER_PIXEL = {2: 1.0 / 200, 3: 1.0 / 400}
+#: Most cells measured as one piece of work, by dimensions: a chunk with more is cut
+#: into slabs, so that its cells spread over the workers and the 3D meshes held at
+#: once stay small (about half a second of work and at most ~0.3 GB each).
+MAX_GROUP_CELLS = {2: 4096, 3: 256}
+
+
+def split_groups(groups: Sequence[np.ndarray], starts: np.ndarray, most: int) -> list[np.ndarray]:
+    """Cut each group of cells holding more than `most` into slabs of at most `most`.
+
+    A group is cut along the axis its boxes' starts spread over most, so each
+    slab's cells lie close together and are read as one small region; each
+    slab keeps its cells in the group's (ascending id) order.
+
+    Examples
+    --------
+    >>> starts = np.array([[0, 9], [0, 1], [0, 5], [0, 3]])
+    >>> [g.tolist() for g in split_groups([np.arange(4)], starts, 3)]
+    [[1, 3], [0, 2]]
+    """
+    out = []
+    for group in groups:
+        if len(group) <= most:
+            out.append(group)
+            continue
+        axis = int(np.ptp(starts[group], axis=0).argmax())
+        by_place = group[np.argsort(starts[group, axis], kind="stable")]
+        parts = -(-len(group) // most)
+        out.extend(np.sort(part) for part in np.array_split(by_place, parts))
+    return out
 
 
 def _by_reference(array: Any) -> bool:
@@ -339,6 +368,7 @@ def measure_cells(
     home = np.ravel_multi_index(tuple((starts // np.array(chunks)).T), grid) if n else []
     order = np.argsort(home, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(np.asarray(home)[order])) + 1) if n else []
+    groups = split_groups(groups, starts, MAX_GROUP_CELLS[nd])
     del home, starts, stops  # each group's ids and boxes are gathered when it is measured
     pad = tuple(int(math.ceil(ring_width_um / s)) if ring_width_um > 0 else 0 for s in spacing)
 
