@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -22,8 +23,45 @@ def _pad_to(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 MAX_BATCH_PX = {"cpu": 1 << 21, "cuda": 1 << 24}
 
 
-def _run_network(net, crops: Sequence[np.ndarray], align: Sequence[int], device: str) -> list:
-    """(foreground, centre) maps of each crop, crops of equal padded shape batched."""
+def flip_sets(ndim: int) -> list[tuple[int, ...]]:
+    """Every set of spatial axes to mirror for test-time flips (the empty set first).
+
+    Examples
+    --------
+    >>> flip_sets(2)
+    [(), (0,), (1,), (0, 1)]
+    """
+    axes = range(ndim)
+    return [c for r in range(ndim + 1) for c in itertools.combinations(axes, r)]
+
+
+def _forward(net, x, flips: bool):
+    """Sigmoid of the network on batch ``x`` (N, C, *spatial); with ``flips`` the mean
+    over every mirrored copy of the batch, each mirrored back."""
+    import torch
+
+    if not flips:
+        return torch.sigmoid(net(x).float())
+    total = None
+    sets = flip_sets(x.ndim - 2)
+    for axes in sets:
+        dims = [a + 2 for a in axes]
+        y = net(torch.flip(x, dims) if dims else x).float()
+        y = torch.sigmoid(torch.flip(y, dims) if dims else y)
+        total = y if total is None else total + y
+    return total / len(sets)
+
+
+def _run_network(
+    net, crops: Sequence[np.ndarray], align: Sequence[int], device: str, flips: bool = False
+) -> list:
+    """(foreground, centre) maps of each crop, crops of equal padded shape batched.
+
+    With ``flips`` the maps are averaged over the crops mirrored along every set
+    of axes. Padded crops span multiples of the network's stride, so a pixel's
+    place in the stride is the same in every tile's mirrored crop, and tiles
+    still agree with one tile at the seams.
+    """
     import torch
 
     padded = [
@@ -43,8 +81,8 @@ def _run_network(net, crops: Sequence[np.ndarray], align: Sequence[int], device:
                 part = members[i : i + step]
                 x = torch.from_numpy(np.stack([padded[k] for k in part])[:, None]).to(device)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=device == "cuda"):
-                    y = net(x)
-                y = torch.sigmoid(y.float()).cpu().numpy()
+                    y = _forward(net, x, flips)
+                y = y.cpu().numpy()
                 for j, k in enumerate(part):
                     sl = tuple(slice(0, n) for n in crops[k].shape)
                     maps[k] = (y[j, 0][sl], y[j, 1][sl])
@@ -67,19 +105,35 @@ def upsample_z(volume: np.ndarray, factor: int) -> np.ndarray:
     return out.reshape(volume.shape[0] * factor, *volume.shape[1:])
 
 
-def orthogonal_maps(net, volume: np.ndarray, spec: dict, spacing, device: str = "cpu") -> tuple:
-    """Average (foreground, centre) of a 2D network over the xy, xz and yz planes of a stack."""
+def orthogonal_maps(
+    net, volume: np.ndarray, spec: dict, spacing, device: str = "cpu", flips: bool = False
+) -> tuple:
+    """Average (foreground, centre) of a 2D network over the xy, xz and yz planes of a stack.
+
+    The xz and yz planes see z resampled :func:`~cellseg.segmentation.network.plane_factor`
+    times finer (:func:`upsample_z`); each group of planes is resampled, run and
+    brought back to the stack's planes on its own, so the finer stack is never
+    held whole.
+    """
     k = plane_factor(spec, spacing)
     align = alignment(spec, spacing)[1:]
-    xy = _run_network(net, list(volume), align, device)
+    volume = np.asarray(volume, np.float32)
+    xy = _run_network(net, list(volume), align, device, flips)
     fg = np.stack([m[0] for m in xy])
     centre = np.stack([m[1] for m in xy])
-    up = upsample_z(volume, k)
+    del xy
+    limit = MAX_BATCH_PX.get(device, 1 << 21)
     for axis in (1, 2):
-        planes = list(np.moveaxis(up, axis, 0))
-        res = _run_network(net, planes, align, device)
-        fg += np.moveaxis(np.stack([m[0] for m in res]), 0, axis)[::k]
-        centre += np.moveaxis(np.stack([m[1] for m in res]), 0, axis)[::k]
+        n = volume.shape[axis]
+        plane_px = volume.shape[0] * k * volume.shape[3 - axis]
+        group = max(1, limit // max(plane_px, 1))
+        for start in range(0, n, group):
+            index = range(start, min(n, start + group))
+            planes = [upsample_z(np.take(volume, i, axis=axis), k) for i in index]
+            for i, (f, c) in zip(index, _run_network(net, planes, align, device, flips)):
+                at = (slice(None), i) if axis == 1 else (slice(None), slice(None), i)
+                fg[at] += f[::k]
+                centre[at] += c[::k]
     return fg / 3, centre / 3
 
 
@@ -89,6 +143,7 @@ def predict_maps(
     spec: dict,
     device: str = "cpu",
     spacing: Sequence[float] | None = None,
+    flips: bool = False,
 ) -> list:
     """Run the network on a batch of normalised crops: (foreground, centre) maps per crop.
 
@@ -98,10 +153,13 @@ def predict_maps(
     to at most :data:`MAX_BATCH_PX` pixels). Mixed precision (float16
     autocast) is used on CUDA. Orthogonal-view models run on the planes of
     each stack (:func:`orthogonal_maps`); ``spacing`` sets their z resampling.
+    ``flips`` averages the maps over the crops (or planes) mirrored along every
+    set of axes (test-time flips: 4 passes per 2D crop or plane, 8 for a 3D
+    network), which smooths outlines at that many times the network's cost.
     The allocator reuses the tensors' memory meanwhile
     (:func:`cellseg.parallel.roomy_heap`).
     """
     with roomy_heap():
         if spec.get("views") == "orthogonal":
-            return [orthogonal_maps(net, c, spec, spacing, device) for c in crops]
-        return _run_network(net, crops, alignment(spec), device)
+            return [orthogonal_maps(net, c, spec, spacing, device, flips) for c in crops]
+        return _run_network(net, crops, alignment(spec), device, flips)
