@@ -13,7 +13,9 @@ and the diameter estimate against the silver labels' median equivalent
 diameter.
 
     python benchmarks/model_accuracy.py [--n 8] [--dims 2 3] [--backends model classical]
-        [--model2d FOLDER] [--model3d FOLDER] [--no-real] [--no-synthetic]
+        [--model2d FOLDER] [--model3d FOLDER] [--no-real] [--no-synthetic] [--flips]
+
+``--flips`` runs the model with test-time flips (``cellseg segment --flips``).
 """
 
 from __future__ import annotations
@@ -31,19 +33,20 @@ from cellseg.segmentation.training import synthetic_images
 REAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-dev"
 
 
-def measured_backend(name, model, img, spacing, stats, auto: bool = True):
+def measured_backend(name, model, img, spacing, stats, auto: bool = True, flips: bool = False):
     """The backend for one image, with its diameter measured first when ``auto``."""
-    be = get_backend(name, model, ndim=img.ndim)
+    extra = {"flips": True} if flips and name == "model" else {}
+    be = get_backend(name, model, ndim=img.ndim, **extra)
     diameter = be.estimate_diameter_um(img, spacing, stats) if auto else None
     if diameter:
-        be = get_backend(name, model, ndim=img.ndim, diameter_um=diameter)
+        be = get_backend(name, model, ndim=img.ndim, diameter_um=diameter, **extra)
     return be, diameter
 
 
-def segment_one_tile(name, model, img, spacing, auto: bool):
+def segment_one_tile(name, model, img, spacing, auto: bool, flips: bool = False):
     """Labels of one image as one tile, and the diameter measured (or None)."""
     stats = compute_scan_stats(img)
-    be, diameter = measured_backend(name, model, img, spacing, stats, auto)
+    be, diameter = measured_backend(name, model, img, spacing, stats, auto, flips)
     return be.predict([normalize(img, stats)], spacing, stats)[0], diameter
 
 
@@ -59,7 +62,7 @@ def synthetic(args) -> None:
                 for auto in (False, True) if name == "model" else (False,):
                     a50, a75 = [], []
                     for img, truth, spacing in data:
-                        lab, _ = segment_one_tile(name, model, img, spacing, auto)
+                        lab, _ = segment_one_tile(name, model, img, spacing, auto, args.flips)
                         a50.append(match_instances(truth, lab, 0.5)["ap"])
                         a75.append(match_instances(truth, lab, 0.75)["ap"])
                     print(
@@ -90,7 +93,7 @@ def real(args) -> None:
     for name in args.backends:
         model = args.model3d if name == "model" else None
         for auto in (False, True) if name == "model" else (False,):
-            lab, d = segment_one_tile(name, model, img, spacing, auto)
+            lab, d = segment_one_tile(name, model, img, spacing, auto, args.flips)
             lab = lab[17:]
             r = match_instances(truth, lab, 0.5)
             est = f"{d:9.2f} {d / true_d - 1:+6.0%}" if d else f"{'-':>9} {'-':>6}"
@@ -111,6 +114,7 @@ def main() -> None:
     ap.add_argument("--model3d", default=None, help="model folder (default: shipped)")
     ap.add_argument("--no-real", action="store_true", help="skip the real dev images")
     ap.add_argument("--no-synthetic", action="store_true", help="skip the synthetic table")
+    ap.add_argument("--flips", action="store_true", help="the model with test-time flips")
     args = ap.parse_args()
     if not args.no_synthetic:
         synthetic(args)

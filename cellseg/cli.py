@@ -77,6 +77,16 @@ def _add_diameter(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_flips(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--flips",
+        action="store_true",
+        default=DEFAULTS["flips"],
+        help="test-time flips (model backend): average the network over each tile mirrored "
+        "along every set of axes; smoother outlines at about 4x the network's time",
+    )
+
+
 def _level(text: str) -> int | str:
     if text == "auto":
         return text
@@ -210,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan_options(p)
     _add_backend_options(p)
     _add_diameter(p)
+    _add_flips(p)
     _add_dask_options(p, threads=False)
 
     p = sub.add_parser("ingest", help="copy a scan into OUTDIR/<name>.ome.zarr, compute stats")
@@ -226,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="model (default) or classical")
     p.add_argument("--model", metavar="NAME|PATH")
     _add_diameter(p)
+    _add_flips(p)
 
     p = sub.add_parser("segment-tiles", help="segment one batch of tiles")
     p.add_argument("outdir", type=Path)
@@ -408,6 +420,7 @@ def _run(args: argparse.Namespace) -> int:
             backend=args.backend,
             model=args.model,
             diameter=args.diameter,
+            flips=args.flips,
             level=args.level,
             device=args.device,
             batch_size=args.batch_size,
@@ -442,6 +455,7 @@ def _run(args: argparse.Namespace) -> int:
             backend=args.backend,
             model=args.model,
             diameter=args.diameter,
+            flips=args.flips,
             level=args.level,
         )
         print(f"{len(content['tiles'])} tiles in {len(content['batches'])} batches")

@@ -136,6 +136,28 @@ def test_stage_commands_equal_segment(scan2d_file, segmented2d, tmp_path):
     assert np.array_equal(_labels(tmp_path), _labels(segmented2d / "tiled"))
 
 
+def test_flips_redo_the_tiles_and_are_recorded(scan2d_file, segmented2d, tmp_path):
+    """Turning test-time flips on in an existing run re-segments every tile, and the
+    table says which options made it."""
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+    import tifffile
+
+    img, truth_path = scan2d_file
+    out = tmp_path / "run"
+    shutil.copytree(segmented2d / "tiled", out)
+    args = ["-q", "segment", str(img), "-o", str(out), "--tile-size", "64"]
+    assert main([*args, "--tiles-per-batch", "5", "--flips"]) == 0
+    plain, flipped = _labels(segmented2d / "tiled"), _labels(out)
+    assert not np.array_equal(plain, flipped)
+    assert match_instances(tifffile.imread(truth_path), flipped, 0.5)["ap"] >= 0.8
+    meta = pq.read_schema(out / "cells.parquet").metadata
+    backend = json.loads(meta[b"cellseg.model"])
+    assert backend["name"] == "model" and backend["options"] == {"flips": True}
+
+
 @pytest.mark.slow
 def test_3d_with_pixel_size_override(tmp_path):
     img, truth = write_synthetic_scan(
@@ -207,6 +229,12 @@ def test_bad_inputs_give_one_clear_error(tmp_path, capsys, scan2d_file):
         ["segment", str(img), "-o", str(tmp_path / "o7"), "--tile-size", "64", "--overlap", "2"],
     )
     assert "--overlap" in err
+
+    err = _error(
+        capsys,
+        ["segment", str(img), "-o", str(tmp_path / "o8"), "--backend", "classical", "--flips"],
+    )
+    assert "flips" in err and "classical" in err
 
     # nothing of the input was modified
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.parquet"))

@@ -86,20 +86,31 @@ class ModelBackend(BackendBase):
         nuclei have the model's typical size in pixels (and z so that planes are
         not finer than the new in-plane pixels), and labels are mapped back to
         the scan's grid; default: no rescaling.
+    flips : bool
+        Test-time flips: average the network's maps over the crops mirrored
+        along every set of axes (4 passes in 2D and per plane of the 3D
+        model's views). Smoother outlines, at 4× the forward pass.
     """
 
     per_tile_cpu = False
     splits_finish = True
 
-    def __init__(self, model=None, device: str = "auto", diameter_um: float | None = None):
+    def __init__(
+        self,
+        model=None,
+        device: str = "auto",
+        diameter_um: float | None = None,
+        flips: bool = False,
+    ):
         self.model = model
         self.device = device
         self.diameter_um = diameter_um
+        self.flips = bool(flips)
         self._specs: dict[int, dict] = {}
 
     @classmethod
     def from_options(cls, model: str | None = None, device: str = "auto", **options):
-        """Build from ``--model``, ``--device`` and ``diameter_um``."""
+        """Build from ``--model``, ``--device``, ``diameter_um`` and ``flips``."""
         return cls(model=model, device=device, **options)
 
     def spec(self, ndim: int) -> dict:
@@ -219,7 +230,9 @@ class ModelBackend(BackendBase):
             inputs = [zoom_crop(c, zoom) for c in crops]
         else:
             inputs = list(crops)
-        return predict_maps(net, inputs, spec, device, spacing=self.model_spacing(spacing))
+        return predict_maps(
+            net, inputs, spec, device, spacing=self.model_spacing(spacing), flips=self.flips
+        )
 
     def forward(self, crops: Sequence[np.ndarray], spacing: Sequence[float]) -> list[tuple]:
         """The network's part of :meth:`predict`: :meth:`maps` of the crops."""

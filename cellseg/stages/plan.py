@@ -47,6 +47,7 @@ def plan(
     backend: str | None = DEFAULTS["backend"],
     model: str | None = DEFAULTS["model"],
     diameter: float | str | None = DEFAULTS["diameter"],
+    flips: bool = DEFAULTS["flips"],
     level: int | str = DEFAULTS["level"],
     skip_background: bool = True,
 ) -> dict:
@@ -71,6 +72,10 @@ def plan(
         rescaled to the model's training size); ``"auto"`` measures it with the
         model on sample crops (:mod:`cellseg.segmentation.sizing`); default
         (None): ``"auto"`` when the file states no pixel size, else no rescaling.
+    flips : bool
+        Test-time flips for the model backend (see
+        :class:`~cellseg.segmentation.model_backend.ModelBackend`); recorded in
+        the plan's backend options, so changing it redoes the tiles.
     level : int or "auto"
         Pyramid level of the ingested image that the tiles are segmented at
         (each level halves Y and X; the labels are always on the full-resolution
@@ -106,6 +111,14 @@ def plan(
         options = {"diameter_um": est} if est else {}
     elif diameter:
         options = {"diameter_um": float(diameter)}
+    if flips:
+        name = backend or default_backend_name(len(shape))
+        if name != "model":
+            raise ConfigError(
+                f"flips average a network's maps; the {name} backend has none "
+                "(use --backend model, or leave out --flips)."
+            )
+        options["flips"] = True
     be = get_backend(backend, model, ndim=len(shape), **options)
     level = pyramid_level(level, info, be, image_levels(image_path(outdir, info)))
     core_shape, halo, margin, overlap_px = tile_geometry(

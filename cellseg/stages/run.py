@@ -31,6 +31,7 @@ def segment(
     backend: str | None = DEFAULTS["backend"],
     model: str | None = DEFAULTS["model"],
     diameter: float | str | None = DEFAULTS["diameter"],
+    flips: bool = DEFAULTS["flips"],
     level: int | str = DEFAULTS["level"],
     device: str = DEFAULTS["device"],
     batch_size: int = DEFAULTS["batch_size"],
@@ -73,6 +74,7 @@ def segment(
         backend=backend,
         model=model,
         diameter=diameter,
+        flips=flips,
         level=level,
     )
     n_tiles = sum(len(v) for v in content["batch_tiles"].values())  # glass tiles skipped

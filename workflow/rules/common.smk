@@ -47,9 +47,12 @@ def _scan_setting(scan, key):
 
 
 def _option(flag, value):
-    """`flag value` for the command line, or nothing when value is None."""
-    if value is None:
+    """`flag value` for the command line, nothing when value is None or False, and the
+    bare flag when it is True."""
+    if value is None or value is False:
         return ""
+    if value is True:
+        return flag
     if isinstance(value, (list, tuple)):
         return " ".join([flag, *(shlex.quote(str(v)) for v in value)])
     return f"{flag} {shlex.quote(str(value))}"
@@ -139,6 +142,7 @@ def plan_options(wildcards):
         ("--backend", config["backend"]),
         ("--model", config["model"]),
         ("--diameter", _scan_setting(wildcards.scan, "diameter")),
+        ("--flips", config["flips"]),
         ("--level", config["level"]),
     )
 
