@@ -104,6 +104,18 @@ def test_user_config_gets_only_its_own_scans(tmp_path):
     assert "demo2d" not in text and "demo3d" not in text
 
 
+@pytest.mark.parametrize("flips", [False, True])
+def test_flips_reach_the_plan_command(tmp_path, flips):
+    """`flips: true` puts --flips on each scan's plan command (and only then)."""
+    _with_template(tmp_path)
+    config = write_config(tmp_path, {**TINY_CONFIG, "flips": flips})
+    proc = snakemake(tmp_path, "-n", "-p", "--configfile", str(config))
+    assert proc.returncode == 0, output_of(proc)
+    plans = [line for line in proc.stdout.splitlines() if "cellseg" in line and " plan " in line]
+    assert plans, output_of(proc)
+    assert all(("--flips" in line) == flips for line in plans), plans
+
+
 def test_every_config_key_is_documented():
     schema = yaml.safe_load((REPO / "cellseg" / "data" / "config.schema.yaml").read_text())
 
