@@ -71,7 +71,8 @@ def _add_diameter(p: argparse.ArgumentParser) -> None:
         type=_diameter,
         metavar="UM|auto",
         help="typical nucleus diameter in µm, for the model backend; auto measures it "
-        "with the model on sample crops and rescales nuclei to about 24 px (default: "
+        "with the model on sample crops; nuclei under 12 or over 30 px are rescaled to "
+        "about 24 px (default: "
         "auto when the file states no pixel size, else no rescaling; the shipped "
         "models cover nuclei of about 12-48 px across)",
     )

@@ -272,7 +272,25 @@ def test_flipped_model_finds_nuclei_and_tiles_agree(scan2d):
     assert whole.max() > 100 and r["f1"] >= 0.99, r
 
 
-@pytest.mark.parametrize("diameter_um, up", [(6.5, True), (17.0, False)])
+def test_nuclei_of_the_usual_size_are_not_zoomed(scan2d):
+    """A diameter of 12-30 px (the shipped models' ``unzoomed_diameter_px``) leaves crops
+    as they are, with the post-processing of unknown size; outside it they are zoomed."""
+    from cellseg.segmentation import get_backend
+    from cellseg.stages import segment_array
+
+    image, _, spacing = scan2d  # 0.5 µm pixels
+    be = get_backend("model", diameter_um=9.0)  # 18 px
+    assert be.zoom_fractions(spacing) == (1, 1) and not be.sized(spacing)
+    plain = segment_array(image, spacing=spacing, tile_size=4096, backend=get_backend("model"))
+    known = segment_array(image, spacing=spacing, tile_size=4096, backend=be)
+    np.testing.assert_array_equal(known, plain)
+    for diameter_um, up in ((5.5, True), (15.5, False)):  # 11 px and 31 px
+        be = get_backend("model", diameter_um=diameter_um)
+        zoom = be.zoom_fractions(spacing)[0]
+        assert (zoom > 1 if up else zoom < 1) and be.sized(spacing), (diameter_um, zoom)
+
+
+@pytest.mark.parametrize("diameter_um, up", [(5.0, True), (17.0, False)])
 def test_rescaled_crops_share_one_grid(scan2d, diameter_um, up):
     """With a diameter, crops are zoomed by a fraction and tiles still equal one tile."""
     from cellseg.segmentation import get_backend

@@ -141,7 +141,8 @@ class ModelBackend(BackendBase):
         nuclei have the model's typical diameter in pixels (within
         :data:`ZOOM_RANGE`; zooms within :data:`NO_ZOOM` are not applied), and
         in 3D the z axis is zoomed down where its step would be finer than the
-        new in-plane pixels.
+        new in-plane pixels; but nuclei whose diameter in pixels lies in the
+        model's ``unzoomed_diameter_px`` are segmented as they are.
         """
         spec = self.spec(len(spacing))
         typical = float(spec.get("diameter_px", 24.0))
@@ -153,7 +154,7 @@ class ModelBackend(BackendBase):
             finest = min(float(s) for s in spacing[-2:])
             if not lo <= finest <= hi:
                 diameter_um = typical * min(max(finest, lo), hi)
-        if not diameter_um:
+        if not diameter_um or self._unzoomed(spacing):
             return (Fraction(1),) * len(spacing)
         zoom = [typical / (float(diameter_um) / float(s)) for s in spacing]
         zoom = [min(max(z, ZOOM_RANGE[0]), ZOOM_RANGE[1]) for z in zoom]
@@ -163,6 +164,23 @@ class ModelBackend(BackendBase):
             zoom[0] = min(1.0, float(spacing[0]) / new_xy)
             zoom[0] = 1.0 if zoom[0] >= NO_ZOOM[0] else zoom[0]
         return tuple(zoom_fraction(z) for z in zoom)
+
+    def _unzoomed(self, spacing: Sequence[float]) -> bool:
+        """Whether the scan's diameter (in pixels of its finest in-plane axis) lies in
+        the model's ``unzoomed_diameter_px``: nuclei the model segments better as
+        they are, with the post-processing of unknown size (the shipped
+        fluorescence models: 12-30 px, chosen on synthetic scans, where zooming
+        them to the typical size merged touching small nuclei)."""
+        band = self.spec(len(spacing)).get("unzoomed_diameter_px")
+        if not self.diameter_um or not band:
+            return False
+        px = float(self.diameter_um) / min(float(s) for s in spacing[-2:])
+        return float(band[0]) <= px <= float(band[1])
+
+    def sized(self, spacing: Sequence[float]) -> bool:
+        """Whether crops are zoomed to the model's typical nucleus size (the
+        post-processing then smooths more and asks seeds for more prominence)."""
+        return bool(self.diameter_um) and not self._unzoomed(spacing)
 
     def max_diameter_um(self) -> float:  # noqa: D102
         return float(self._any_spec().get("max_diameter_um", 26.0))
@@ -255,7 +273,7 @@ class ModelBackend(BackendBase):
         zoom = self.zoom_fractions(spacing)
         out = []
         for crop_maps, crop in zip(forwarded, crops):
-            lab = postprocess(crop_maps, spec, seen, sized=bool(self.diameter_um))
+            lab = postprocess(crop_maps, spec, seen, sized=self.sized(spacing))
             if lab.shape != crop.shape:
                 # back onto the crop padded as zoom_crop padded it, then cut to the crop
                 padded = [n + (-n % z.denominator) for n, z in zip(crop.shape, zoom)]

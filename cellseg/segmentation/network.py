@@ -60,7 +60,7 @@ def default_spec(spatial_dims: int) -> dict:
     spec = {
         "format": MODEL_FORMAT,
         "name": f"nuclei{spatial_dims}d",
-        "version": "0.3.1",
+        "version": "0.3.2",
         "spatial_dims": spatial_dims,
         "in_channels": 1,
         "heads": list(HEADS),
@@ -79,6 +79,8 @@ def default_spec(spatial_dims: int) -> dict:
         "diameter_um": 8.0,
         "diameter_px": 24.0,
         "diameter_px_range": [8.0, 64.0],
+        # a known diameter of this many px leaves crops as they are (see ModelBackend)
+        "unzoomed_diameter_px": [12.0, 30.0],
         "max_diameter_um": 26.0,
         "context_px": [32] * spatial_dims,
         "postprocess": {
