@@ -271,9 +271,10 @@ class ModelBackend(BackendBase):
         spec = self.spec(len(spacing))
         seen = self.model_spacing(spacing)
         zoom = self.zoom_fractions(spacing)
+        sized = self.sized(spacing)
         out = []
         for crop_maps, crop in zip(forwarded, crops):
-            lab = postprocess(crop_maps, spec, seen, sized=self.sized(spacing))
+            lab = postprocess(crop_maps, spec, seen, sized=sized)
             if lab.shape != crop.shape:
                 # back onto the crop padded as zoom_crop padded it, then cut to the crop
                 padded = [n + (-n % z.denominator) for n, z in zip(crop.shape, zoom)]
