@@ -401,7 +401,7 @@ def test_processes_measure_file_backed_scans_as_threads_do(tmp_path, scan3d, mon
     import zarr
 
     from cellseg import parallel
-    from cellseg.measure.cells import _use_processes
+    from cellseg.measure.cells import _processes_can_read, _worth_processes
 
     image, labels, spacing = scan3d
     chunks = (6, 32, 40)
@@ -427,15 +427,17 @@ def test_processes_measure_file_backed_scans_as_threads_do(tmp_path, scan3d, mon
         processes=True,
     )
     pd.testing.assert_frame_equal(threads, procs, check_exact=True)
-    # automatic: where the program allows it, file-backed arrays and enough work only
+    # automatic (the two rules measure_cells applies): where the program allows it,
+    # file-backed arrays and enough work only
     big = 10**6
+    assert _worth_processes(big, 3)
+    assert not _worth_processes(len(threads), 3)
     monkeypatch.setitem(parallel._PROCESSES, "allowed", False)  # (the CLI allows them)
-    assert not _use_processes(big, 3, 2, on_disk["labels"], [on_disk["image"]])
+    assert not _processes_can_read(2, on_disk["labels"], [on_disk["image"]])
     monkeypatch.setitem(parallel._PROCESSES, "allowed", True)
-    assert _use_processes(big, 3, 2, on_disk["labels"], [on_disk["image"]])
-    assert not _use_processes(big, 3, 2, labels, [on_disk["image"]])  # pixels would be copied
-    assert not _use_processes(big, 3, 1, on_disk["labels"], [])
-    assert not _use_processes(len(threads), 3, 2, on_disk["labels"], [])
+    assert _processes_can_read(2, on_disk["labels"], [on_disk["image"]])
+    assert not _processes_can_read(2, labels, [on_disk["image"]])  # pixels would be copied
+    assert not _processes_can_read(1, on_disk["labels"], [])
 
 
 def test_sparse_ids_give_the_same_table(scan3d):

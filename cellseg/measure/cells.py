@@ -96,7 +96,9 @@ def _measure_group(
 
 #: Rough single-core cost of measuring one cell, seconds, by dimensions (2 shared cores).
 _SECONDS_PER_CELL = {2: 1.5e-4, 3: 2.5e-3}
-#: Measure on processes of their own (see :func:`_use_processes`) from this much work, seconds.
+#: Measure on processes of their own (see :func:`measure_cells`'s ``processes``) from this
+#: much work, seconds: per-cell meshes, hulls and contours hold the GIL, so threads barely
+#: overlap, while processes cost about a second to start.
 PROCESS_WORK_S = 4.0
 #: What the measuring processes import once, before they are forked.
 _PRELOAD = ("cellseg.measure.cells", "zarr")
@@ -156,16 +158,6 @@ def _processes_can_read(workers: int, label_image: Any, channels: Sequence[Any])
     if not processes_allowed() or workers <= 1:
         return False
     return all(_by_reference(a) for a in (label_image, *channels))
-
-
-def _use_processes(
-    n_cells: int, nd: int, workers: int, label_image: Any, channels: Sequence[Any]
-) -> bool:
-    """Whether pass 2 is worth processes of its own: per-cell meshes, hulls and
-    contours hold the GIL, so threads barely overlap, while processes cost
-    about a second to start (:func:`_processes_can_read` and
-    :func:`_worth_processes`)."""
-    return _worth_processes(n_cells, nd) and _processes_can_read(workers, label_image, channels)
 
 
 def warm_processes(shape: Sequence[int], threads: int | None = None) -> None:
